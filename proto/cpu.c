@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+#include "cpu.h"
+
+bool cpu_has_isa(enum cpu_isa isa)
+{
+	switch (isa) {
+	case CPU_ISA_SCALAR:
+		return true;
+#ifdef TQKV_HAVE_X86_SIMD
+	case CPU_ISA_AVX2:
+		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+		       __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+	case CPU_ISA_AVX512:
+		return cpu_has_isa(CPU_ISA_AVX2) &&
+		       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+		       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+		       __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
+#endif
+	default:
+		return false;
+	}
+}
+
+enum cpu_isa cpu_best_isa(void)
+{
+	for (int i = CPU_ISA_MAX - 1; i > CPU_ISA_SCALAR; i--)
+		if (cpu_has_isa((enum cpu_isa)i))
+			return (enum cpu_isa)i;
+	return CPU_ISA_SCALAR;
+}
+
+const char *cpu_isa_to_string(enum cpu_isa isa)
+{
+	static const char *const names[CPU_ISA_MAX] = {
+		[CPU_ISA_SCALAR] = "scalar",
+		[CPU_ISA_AVX2] = "avx2",
+		[CPU_ISA_AVX512] = "avx512",
+	};
+
+	return (unsigned)isa < CPU_ISA_MAX ? names[isa] : "unknown";
+}

@@ -1,0 +1,184 @@
+/* SPDX-License-Identifier: MIT */
+/* Pages: header, section offsets, and the tile loop around the kernels. */
+#include <errno.h>
+#include <string.h>
+
+#include <tqkv/page.h>
+
+#include "codec-private.h"
+#include "crc32c.h"
+
+#define PAGE_TOKENS_MAX 65535u
+
+static size_t align64(size_t v)
+{
+	return (v + TQKV_PAGE_ALIGN - 1) & ~(size_t)(TQKV_PAGE_ALIGN - 1);
+}
+
+/* Section offsets of a page of n_tokens for this codec. */
+struct page_geometry {
+	uint32_t n_tiles, tiles, norms, rnorms, bytes;
+};
+
+static void page_geometry(const struct tqkv_codec *c, uint32_t n_tokens, struct page_geometry *g)
+{
+	size_t off = TQKV_PAGE_ALIGN, side = (size_t)0;
+
+	g->n_tiles = (n_tokens + TQKV_TILE_TOKENS - 1) / TQKV_TILE_TOKENS;
+	side = (size_t)g->n_tiles * TQKV_TILE_TOKENS * sizeof(uint16_t);
+	g->tiles = (uint32_t)off;
+	off = align64(off + (size_t)g->n_tiles * c->layout.tile_bytes);
+	g->norms = 0;
+	g->rnorms = 0;
+	if (c->cls != CODEC_CLASS_FP16) {
+		g->norms = (uint32_t)off;
+		off = align64(off + side);
+	}
+	if (c->cls == CODEC_CLASS_TQ_QJL) {
+		g->rnorms = (uint32_t)off;
+		off = align64(off + side);
+	}
+	g->bytes = (uint32_t)off;
+}
+
+TQKV_EXPORT size_t tqkv_page_size(const struct tqkv_codec *codec, uint32_t n_tokens)
+{
+	struct page_geometry g;
+
+	if (!codec || n_tokens == 0 || n_tokens > PAGE_TOKENS_MAX)
+		return 0;
+	page_geometry(codec, n_tokens, &g);
+	return g.bytes;
+}
+
+static void page_write_header(const struct tqkv_codec *c, uint32_t n_tokens, const struct page_geometry *g,
+			      bool centered, struct tqkv_page_header *h)
+{
+	memset(h, 0, sizeof(*h));
+	h->magic = TQKV_PAGE_MAGIC;
+	h->version = TQKV_PAGE_VERSION;
+	h->kind = (uint8_t)c->params.kind;
+	h->flags = (uint8_t)((c->cls == CODEC_CLASS_TQ_QJL ? TQKV_PAGE_QJL : 0) |
+			     (centered ? TQKV_PAGE_CENTERED : 0));
+	h->head_dim = (uint16_t)c->params.head_dim;
+	h->padded_dim = (uint16_t)c->d;
+	h->n_tokens = (uint16_t)n_tokens;
+	h->n_tiles = (uint16_t)g->n_tiles;
+	h->tile_bytes = c->layout.tile_bytes;
+	h->tiles_offset = g->tiles;
+	h->norms_offset = g->norms;
+	h->rnorms_offset = g->rnorms;
+	h->page_bytes = g->bytes;
+	h->model_seed = c->params.model_seed;
+	h->layer = c->params.layer;
+	h->kv_head = (uint16_t)c->params.kv_head;
+	h->stream = (uint8_t)c->params.stream;
+	h->header_crc = crc32c(0, h, offsetof(struct tqkv_page_header, header_crc));
+}
+
+static int page_encode(const struct tqkv_codec *c, const void *rows, bool f16, size_t row_stride,
+		       uint32_t n_tokens, const float *mean, void *page, size_t page_size)
+{
+	struct page_geometry g;
+	uint8_t *base = page;
+
+	if (!c || !rows || !page || n_tokens == 0 || n_tokens > PAGE_TOKENS_MAX ||
+	    row_stride < c->params.head_dim)
+		return -EINVAL;
+	page_geometry(c, n_tokens, &g);
+	if (page_size < g.bytes)
+		return -EINVAL;
+	if (c->params.head_dim > 0xffff || c->params.kv_head > 0xffff)
+		return -EINVAL;
+
+	/* Padding tokens of the last tile and the gaps between sections are
+	 * zero, so pages are byte-for-byte reproducible. */
+	memset(base, 0, g.bytes);
+	page_write_header(c, n_tokens, &g, mean != NULL, (struct tqkv_page_header *)base);
+
+	for (uint32_t i = 0; i < g.n_tiles; i++) {
+		uint32_t first = i * TQKV_TILE_TOKENS;
+		uint32_t n = n_tokens - first < TQKV_TILE_TOKENS ? n_tokens - first : TQKV_TILE_TOKENS;
+		size_t elem = f16 ? sizeof(uint16_t) : sizeof(float);
+		struct codec_src src = {
+			.rows = (const uint8_t *)rows + (size_t)first * row_stride * elem,
+			.stride = row_stride,
+			.f16 = f16,
+			.mean = mean,
+		};
+		struct codec_tile tile = {
+			.bits = base + g.tiles + (size_t)i * c->layout.tile_bytes,
+			.norms = g.norms ? (uint16_t *)(base + g.norms) + first : NULL,
+			.rnorms = g.rnorms ? (uint16_t *)(base + g.rnorms) + first : NULL,
+		};
+
+		c->kernels.encode_tile(c, &src, n, &tile);
+	}
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_page_encode_f32(const struct tqkv_codec *codec, const float *rows, size_t row_stride,
+				     uint32_t n_tokens, const float *mean, void *page, size_t page_size)
+{
+	return page_encode(codec, rows, false, row_stride, n_tokens, mean, page, page_size);
+}
+
+TQKV_EXPORT int tqkv_page_encode_f16(const struct tqkv_codec *codec, const uint16_t *rows, size_t row_stride,
+				     uint32_t n_tokens, const float *mean, void *page, size_t page_size)
+{
+	return page_encode(codec, rows, true, row_stride, n_tokens, mean, page, page_size);
+}
+
+/* Checks a page header against this codec and the buffer it sits in.
+ * Pages come from shared memory: every field is untrusted. */
+static int page_check(const struct tqkv_codec *c, const void *page, size_t page_size,
+		      const struct tqkv_page_header **ret_h)
+{
+	const struct tqkv_page_header *h = page;
+	struct page_geometry g;
+
+	if (page_size < sizeof(*h))
+		return -EBADMSG;
+	if (h->magic != TQKV_PAGE_MAGIC || h->version != TQKV_PAGE_VERSION ||
+	    h->header_crc != crc32c(0, h, offsetof(struct tqkv_page_header, header_crc)))
+		return -EBADMSG;
+	if (h->n_tokens == 0 || h->kind != c->params.kind || h->head_dim != c->params.head_dim ||
+	    h->padded_dim != c->d || h->model_seed != c->params.model_seed ||
+	    h->layer != c->params.layer || h->kv_head != c->params.kv_head ||
+	    h->stream != c->params.stream ||
+	    !!(h->flags & TQKV_PAGE_QJL) != (c->cls == CODEC_CLASS_TQ_QJL))
+		return -EBADMSG;
+	page_geometry(c, h->n_tokens, &g);
+	if (h->n_tiles != g.n_tiles || h->tile_bytes != c->layout.tile_bytes || h->tiles_offset != g.tiles ||
+	    h->norms_offset != g.norms || h->rnorms_offset != g.rnorms || h->page_bytes != g.bytes ||
+	    page_size < g.bytes)
+		return -EBADMSG;
+	*ret_h = h;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_page_decode_f32(const struct tqkv_codec *codec, const void *page, size_t page_size,
+				     uint32_t first, uint32_t n, const float *mean, float *out, size_t row_stride)
+{
+	const struct tqkv_page_header *h;
+	const uint8_t *base = page;
+	int r;
+
+	if (!codec || !page || !out || row_stride < codec->params.head_dim)
+		return -EINVAL;
+	r = page_check(codec, page, page_size, &h);
+	if (r < 0)
+		return r;
+	if (first > h->n_tokens || n > h->n_tokens - first)
+		return -EINVAL;
+
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t t = first + k, tile = t / TQKV_TILE_TOKENS;
+		const uint16_t *norms = (const uint16_t *)(base + h->norms_offset) + tile * TQKV_TILE_TOKENS;
+		const uint16_t *rnorms = (const uint16_t *)(base + h->rnorms_offset) + tile * TQKV_TILE_TOKENS;
+
+		codec->kernels.decode_token(codec, base + h->tiles_offset + (size_t)tile * h->tile_bytes,
+					    norms, rnorms, t % TQKV_TILE_TOKENS, mean, out + (size_t)k * row_stride);
+	}
+	return 0;
+}

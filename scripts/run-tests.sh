@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The test command of the README (and of CI): installs the dependencies,
+# builds with gcc in release mode and with ASan+UBSan, warnings as errors,
+# and runs every test in both builds; the memcheck setup runs the fast
+# suites under valgrind.  Ends with "tests: N passed, N failed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+export CC=${CC:-gcc}
+jobs=$(nproc)
+passed=0
+failed=0
+
+count() {
+	local log=$1/meson-logs/testlog${2:+-$2}.json
+	passed=$((passed + $(grep -c '"result": "OK"' "$log" || true)))
+	failed=$((failed + $(grep -Ec '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS)"' "$log" || true)))
+}
+
+run() {
+	local dir=$1; shift
+	echo "== $dir: meson setup $*"
+	meson setup --wipe "$dir" --werror "$@" >/dev/null 2>&1 || meson setup "$dir" --werror "$@"
+	ninja -C "$dir" -j "$jobs"
+}
+
+status=0
+
+run build-release -Dbuildtype=release -Db_ndebug=false
+meson test -C build-release --num-processes "$jobs" --print-errorlogs || status=1
+count build-release
+
+run build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
+	-Dc_args=-fno-sanitize-recover=all
+LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	meson test -C build-asan --num-processes "$jobs" --print-errorlogs || status=1
+count build-asan
+
+meson test -C build-release --setup valgrind --no-suite slow --num-processes "$jobs" --print-errorlogs || status=1
+count build-release valgrind
+
+echo "tests: $passed passed, $failed failed"
+exit $status

@@ -1,0 +1,18 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef TQKV_BENCH_H
+#define TQKV_BENCH_H
+
+#include <stdbool.h>
+
+struct bench_options {
+	bool json;   /* one JSON object per line instead of a table */
+	bool quick;  /* shorter runs (CI smoke test) */
+	const char *isa;  /* force a kernel set: scalar, avx2, avx512 */
+};
+
+/* Monotonic seconds. */
+double bench_now(void);
+
+int bench_codec(const struct bench_options *o);
+
+#endif

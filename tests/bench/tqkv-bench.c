@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/* tqkv-bench: the project's benchmarks, each comparing against its baseline
+ * in the same run.  See docs/BENCHMARKS.md for recorded results. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+
+double bench_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static const struct {
+	const char *name;
+	int (*run)(const struct bench_options *o);
+	const char *help;
+} benches[] = {
+	{ "codec", bench_codec, "encode/decode throughput (vectors/s, one thread) and MSE per head_dim and kind" },
+};
+
+static void help(FILE *f)
+{
+	fprintf(f,
+		"Usage: tqkv-bench [OPTIONS] BENCHMARK\n"
+		"\n"
+		"Runs one of tqkv's benchmarks and prints a table, or JSON lines with --json.\n"
+		"\n"
+		"Benchmarks:\n");
+	for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
+		fprintf(f, "  %-10s %s\n", benches[i].name, benches[i].help);
+	fprintf(f,
+		"\n"
+		"Options:\n"
+		"  --json         print one JSON object per line\n"
+		"  --quick        shorter runs (for smoke tests; figures are noisier)\n"
+		"  --isa=NAME     force the kernels: scalar, avx2 or avx512 (default: best)\n"
+		"  -h, --help     show this help\n"
+		"\n"
+		"Exit status: 0 on success, 1 if a benchmark failed, 2 on bad usage.\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "quick", no_argument, NULL, 'q' },
+		{ "isa", required_argument, NULL, 'i' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bench_options o = { 0 };
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			o.json = true;
+			break;
+		case 'q':
+			o.quick = true;
+			break;
+		case 'i':
+			o.isa = optarg;
+			break;
+		case 'h':
+			help(stdout);
+			return 0;
+		default:
+			help(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr, "tqkv-bench: expected one benchmark name (try --help)\n");
+		return 2;
+	}
+	for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
+		if (strcmp(argv[optind], benches[i].name) == 0) {
+			int r = benches[i].run(&o);
+
+			if (r == -EINVAL)
+				return 2;
+			if (r < 0) {
+				fprintf(stderr, "tqkv-bench %s: %s\n", benches[i].name, strerror(-r));
+				return 1;
+			}
+			return 0;
+		}
+	fprintf(stderr, "tqkv-bench: unknown benchmark '%s' (try --help)\n", argv[optind]);
+	return 2;
+}

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The SIMD paths produce exactly the scalar reference's pages (indices,
+ * norms, padding: every byte) and decode to exactly the same floats, on
+ * fresh random data mixed with edge cases.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "test-util.h"
+
+/* Random rows, with every 16th row an edge case. */
+static void fill_rows(uint64_t *state, float *x, unsigned n, unsigned d)
+{
+	gaussian_fill(splitmix64_next(state), x, n * d);
+	for (unsigned t = 0; t < n; t++) {
+		float *row = x + (size_t)t * d;
+		unsigned kind = (unsigned)(splitmix64_next(state) % 64);
+
+		switch (kind) {
+		case 0: memset(row, 0, sizeof(float) * d); break;
+		case 1: row[splitmix64_next(state) % d] = NAN; break;
+		case 2: row[splitmix64_next(state) % d] = -INFINITY; break;
+		case 3: for (unsigned j = 0; j < d; j++) row[j] *= 1e30f; break;
+		case 4: for (unsigned j = 0; j < d; j++) row[j] *= 1e-30f; break;
+		case 5: for (unsigned j = 0; j < d; j++) row[j] = (float)(j % 5) - 2.0f; break;  /* ties */
+		case 6: row[0] = 70000.0f; break;
+		default: {
+			/* Non-isotropic scales, like real keys. */
+			float s = 0.01f + (float)(splitmix64_next(state) % 1000) / 10.0f;
+
+			for (unsigned j = 0; j < d; j++)
+				row[j] *= s;
+		}
+		}
+	}
+}
+
+static void compare_paths(enum tqkv_kind kind, unsigned d, uint32_t flags, unsigned n_vectors, uint64_t *state)
+{
+	struct tqkv_codec *c = test_codec(kind, d, flags, splitmix64_next(state));
+	const unsigned n = 1024 < n_vectors ? 1024 : n_vectors;
+	float *x = malloc(sizeof(float) * n * d), *mean = malloc(sizeof(float) * d);
+	float *ya = malloc(sizeof(float) * n * d), *yb = malloc(sizeof(float) * n * d);
+	size_t size = tqkv_page_size(c, n);
+	uint8_t *ref = malloc(size), *fast = malloc(size);
+
+	for (unsigned done = 0; done < n_vectors; done += n) {
+		const float *m = (done / n) % 2 ? mean : NULL;
+
+		fill_rows(state, x, n, d);
+		gaussian_fill(splitmix64_next(state), mean, d);
+		codec_set_isa(c, CPU_ISA_SCALAR);
+		cr_assert_eq(tqkv_page_encode_f32(c, x, d, n, m, ref, size), 0);
+		cr_assert_eq(tqkv_page_decode_f32(c, ref, size, 0, n, m, ya, d), 0);
+		for (int isa = CPU_ISA_AVX2; isa < CPU_ISA_MAX; isa++) {
+			if (codec_set_isa(c, (enum cpu_isa)isa) < 0)
+				continue;
+			cr_assert_eq(tqkv_page_encode_f32(c, x, d, n, m, fast, size), 0);
+			for (size_t i = 0; i < size; i++)
+				cr_assert_eq(fast[i], ref[i], "%s %s d=%u qjl=%u: byte %zu of %zu differs",
+					     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d, flags, i, size);
+			cr_assert_eq(tqkv_page_decode_f32(c, ref, size, 0, n, m, yb, d), 0);
+			cr_assert_eq(memcmp(ya, yb, sizeof(float) * n * d), 0, "%s %s d=%u: decode differs",
+				     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d);
+		}
+	}
+	free(x);
+	free(mean);
+	free(ya);
+	free(yb);
+	free(ref);
+	free(fast);
+	tqkv_codec_free(c);
+}
+
+Test(codec_simd, tq4_d128_100k_vectors)
+{
+	uint64_t state = test_seed();
+
+	if (cpu_best_isa() == CPU_ISA_SCALAR)
+		cr_skip_test("no SIMD path on this CPU or build");
+	compare_paths(TQKV_KIND_TQ4, 128, 0, 100 * 1024, &state);
+}
+
+Test(codec_simd, every_kind_and_head_dim)
+{
+	static const unsigned dims[] = { 32, 64, 96, 128, 192, 256, 512, 80, 100, 7 };
+	uint64_t state = test_seed();
+
+	if (cpu_best_isa() == CPU_ISA_SCALAR)
+		cr_skip_test("no SIMD path on this CPU or build");
+	for (int k = 0; k < TQKV_KIND_MAX; k++)
+		for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++)
+			compare_paths(k, dims[i], 0, 2048, &state);
+}
+
+Test(codec_simd, qjl_kinds)
+{
+	uint64_t state = test_seed();
+
+	if (cpu_best_isa() == CPU_ISA_SCALAR)
+		cr_skip_test("no SIMD path on this CPU or build");
+	for (int k = TQKV_KIND_TQ2; k < TQKV_KIND_MAX; k++)
+		compare_paths(k, 64, TQKV_CODEC_QJL, 64, &state);
+}
