@@ -14,8 +14,11 @@
 #include "codec-private.h"
 
 #define MAX_REGS (TQKV_HEAD_DIM_MAX / 16)
+/* The per-token helpers are inlined into bodies specialised for each
+ * register count, so the row stays in registers. */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-static __mmask16 row_mask(unsigned hd, unsigned j0)
+ALWAYS_INLINE __mmask16 row_mask(unsigned hd, unsigned j0)
 {
 	if (j0 >= hd)
 		return 0;
@@ -23,13 +26,13 @@ static __mmask16 row_mask(unsigned hd, unsigned j0)
 }
 
 /* Step 1: load, center, zero non-finite components and the padding. */
-static void load_row(const struct tqkv_codec *c, const struct codec_src *src, unsigned t, __m512 *v,
+ALWAYS_INLINE void load_row(const struct tqkv_codec *c, const struct codec_src *src, unsigned t, __m512 *v,
 		     unsigned nr)
 {
 	unsigned hd = c->params.head_dim;
 
 	for (unsigned r = 0; r < nr; r++) {
-		__mmask16 m = row_mask(hd, 16 * r);
+		__mmask16 m = hd >= 16 * nr ? (__mmask16)0xffff : row_mask(hd, 16 * r);
 		__m512 x;
 
 		if (src->f16) {
@@ -49,7 +52,7 @@ static void load_row(const struct tqkv_codec *c, const struct codec_src *src, un
 }
 
 /* The canonical 16-lane fold: lanes 8, 4, 2, 1. */
-static float fold_lanes(__m512 acc)
+ALWAYS_INLINE float fold_lanes(__m512 acc)
 {
 	__m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
 	__m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
@@ -59,7 +62,7 @@ static float fold_lanes(__m512 acc)
 	return _mm_cvtss_f32(s1);
 }
 
-static float sum_sq(const __m512 *v, unsigned nr)
+ALWAYS_INLINE float sum_sq(const __m512 *v, unsigned nr)
 {
 	__m512 acc = _mm512_setzero_ps();
 
@@ -68,7 +71,7 @@ static float sum_sq(const __m512 *v, unsigned nr)
 	return fold_lanes(acc);
 }
 
-static void xor_signs(__m512 *v, const uint32_t *mask, unsigned nr)
+ALWAYS_INLINE void xor_signs(__m512 *v, const uint32_t *mask, unsigned nr)
 {
 	for (unsigned r = 0; r < nr; r++)
 		v[r] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v[r]),
@@ -76,21 +79,24 @@ static void xor_signs(__m512 *v, const uint32_t *mask, unsigned nr)
 }
 
 /* One butterfly stage inside a register: lanes with bit h clear get
- * v[i] + v[i+h], lanes with it set get v[i-h] - v[i]. */
-static __m512 wht_lane_stage(__m512 v, __m512 swapped, __mmask16 upper)
+ * v[i] + v[i+h], lanes with it set get v[i-h] + (-v[i]), which is exactly
+ * v[i-h] - v[i]: negating is exact, so XOR + add replaces add, sub, blend. */
+ALWAYS_INLINE __m512 wht_lane_stage(__m512 v, __m512 swapped, __m512i upper_sign)
 {
-	return _mm512_mask_blend_ps(upper, _mm512_add_ps(v, swapped), _mm512_sub_ps(swapped, v));
+	return _mm512_add_ps(swapped, _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), upper_sign)));
 }
 
-static void wht(__m512 *v, unsigned nr)
+ALWAYS_INLINE void wht(__m512 *v, unsigned nr)
 {
+	const __m512i neg = _mm512_set1_epi32((int)0x80000000u);
+
 	for (unsigned r = 0; r < nr; r++) {
 		__m512 x = v[r];
 
-		x = wht_lane_stage(x, _mm512_permute_ps(x, 0xb1), 0xaaaa);
-		x = wht_lane_stage(x, _mm512_permute_ps(x, 0x4e), 0xcccc);
-		x = wht_lane_stage(x, _mm512_shuffle_f32x4(x, x, 0xb1), 0xf0f0);
-		x = wht_lane_stage(x, _mm512_shuffle_f32x4(x, x, 0x4e), 0xff00);
+		x = wht_lane_stage(x, _mm512_permute_ps(x, 0xb1), _mm512_maskz_mov_epi32(0xaaaa, neg));
+		x = wht_lane_stage(x, _mm512_permute_ps(x, 0x4e), _mm512_maskz_mov_epi32(0xcccc, neg));
+		x = wht_lane_stage(x, _mm512_shuffle_f32x4(x, x, 0xb1), _mm512_maskz_mov_epi32(0xf0f0, neg));
+		x = wht_lane_stage(x, _mm512_shuffle_f32x4(x, x, 0x4e), _mm512_maskz_mov_epi32(0xff00, neg));
 		v[r] = x;
 	}
 	for (unsigned k = 1; k < nr; k <<= 1)
@@ -103,18 +109,28 @@ static void wht(__m512 *v, unsigned nr)
 			}
 }
 
-/* Number of thresholds below y, by binary search (the thresholds ascend). */
-static __m512i search(__m512 y, __m512 thr, unsigned bits)
+/* Number of thresholds below y: a branchless binary search; tab[s] holds
+ * the thresholds the step of size 2^s compares with (codec.c). */
+ALWAYS_INLINE __m512i search(__m512 y, const __m512 *tab, unsigned bits)
 {
-	__m512i idx = _mm512_setzero_si512();
+	/* The first step always reads entry 0 of its table. */
+	__mmask16 first = _mm512_cmp_ps_mask(y, tab[bits - 1], _CMP_GT_OQ);
+	__m512i idx = _mm512_maskz_mov_epi32(first, _mm512_set1_epi32(1 << (bits - 1)));
 
-	for (unsigned step = 1u << (bits - 1); step; step >>= 1) {
-		__m512 t = _mm512_permutexvar_ps(_mm512_add_epi32(idx, _mm512_set1_epi32((int)step - 1)), thr);
-		__mmask16 gt = _mm512_cmp_ps_mask(y, t, _CMP_GT_OQ);
+	for (int s = (int)bits - 2; s >= 0; s--) {
+		__mmask16 gt = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(idx, tab[s]), _CMP_GT_OQ);
 
-		idx = _mm512_mask_add_epi32(idx, gt, idx, _mm512_set1_epi32((int)step));
+		idx = _mm512_mask_or_epi32(idx, gt, idx, _mm512_set1_epi32(1 << s));
 	}
 	return idx;
+}
+
+ALWAYS_INLINE void scale_tables(const float step_bound[4][16], unsigned bits, float scale, __m512 *tab)
+{
+	for (unsigned s = 0; s + 1 < bits; s++)
+		tab[s] = _mm512_mul_ps(_mm512_load_ps(step_bound[s]), _mm512_set1_ps(scale));
+	/* The last table is only read at entry 0: broadcast it. */
+	tab[bits - 1] = _mm512_set1_ps(step_bound[bits - 1][0] * scale);
 }
 
 /* Packs one plane of a token: register q of the plane holds its coordinates
@@ -170,43 +186,92 @@ static void pack_plane(const struct tqkv_plane *pl, const __m512i *idx, unsigned
 	}
 }
 
-static void encode_tq_token(const struct tqkv_codec *c, const struct codec_src *src, unsigned t,
-			    const struct codec_tile *tile)
+/* Indices of registers [r0, r1) and the canonical sum of their squared
+ * centroids (acc, lane j % 16, increasing j). */
+ALWAYS_INLINE __m512 quantize_bits(const __m512 *v, __m512i *idx, unsigned r0, unsigned r1, const __m512 *tab,
+				   __m512 cent, __m512 acc, const unsigned bits)
 {
-	__m512 v[MAX_REGS];
-	__m512i idx[MAX_REGS];
-	unsigned nr = c->d / 16;
-	float ss, gamma, scale, norm = 0.0f;
-	__m512 thr_hi, thr_lo, acc = _mm512_setzero_ps();
+	for (unsigned r = r0; r < r1; r++) {
+		__m512 y = _mm512_permutexvar_ps(idx[r] = search(v[r], tab, bits), cent);
+
+		acc = _mm512_add_ps(acc, _mm512_mul_ps(y, y));
+	}
+	return acc;
+}
+
+ALWAYS_INLINE __m512 quantize(const __m512 *v, __m512i *idx, unsigned r0, unsigned r1, const __m512 *tab,
+			      __m512 cent, unsigned bits, __m512 acc)
+{
+	switch (bits) {
+	case 1: return quantize_bits(v, idx, r0, r1, tab, cent, acc, 1);
+	case 2: return quantize_bits(v, idx, r0, r1, tab, cent, acc, 2);
+	case 3: return quantize_bits(v, idx, r0, r1, tab, cent, acc, 3);
+	default: return quantize_bits(v, idx, r0, r1, tab, cent, acc, 4);
+	}
+}
+
+/* Encodes tokens t .. t + nt - 1 (nt = 1 or 2).  Two tokens are done side
+ * by side so that one's long dependency chain (sum, sqrt, search, sum, sqrt,
+ * divide) overlaps the other's. */
+ALWAYS_INLINE void encode_tq_tokens_n(const struct tqkv_codec *c, const struct codec_src *src, unsigned t,
+				      const struct codec_tile *tile, const unsigned nr, const unsigned nt)
+{
+	__m512 v[2][MAX_REGS], tab_hi[2][4], tab_lo[2][4], acc[2];
+	__m512i idx[2][MAX_REGS];
+	float ss[2], gamma[2];
 	__m512 cent_hi = _mm512_load_ps(c->cent_hi), cent_lo = _mm512_load_ps(c->cent_lo);
 
-	load_row(c, src, t, v, nr);
-	ss = sum_sq(v, nr);
-	if (isinf(ss)) {
-		codec_scalar_encode_token(c, src, t, tile);  /* rare: rescale path */
-		return;
+	for (unsigned k = 0; k < nt; k++) {
+		load_row(c, src, t + k, v[k], nr);
+		ss[k] = sum_sq(v[k], nr);
 	}
-	gamma = sqrtf(ss);
-	xor_signs(v, c->sign1_mask, nr);
-	wht(v, nr);
-	xor_signs(v, c->sign2_mask, nr);
-	scale = gamma * c->sqrt_d;
-	thr_hi = _mm512_mul_ps(_mm512_load_ps(c->bound_hi), _mm512_set1_ps(scale));
-	thr_lo = _mm512_mul_ps(_mm512_load_ps(c->bound_lo), _mm512_set1_ps(scale));
+	for (unsigned k = 0; k < nt; k++)
+		if (isinf(ss[k])) {
+			/* Rare: the reference's rescale path. */
+			for (unsigned m = 0; m < nt; m++)
+				codec_scalar_encode_token(c, src, t + m, tile);
+			return;
+		}
+	for (unsigned k = 0; k < nt; k++) {
+		float scale;
 
-	for (unsigned r = 0; r < nr; r++) {
-		int hi = 16 * r < c->split;
-		__m512 cent;
-
-		idx[r] = search(v[r], hi ? thr_hi : thr_lo, hi ? c->bits_hi : c->bits_lo);
-		cent = _mm512_permutexvar_ps(idx[r], hi ? cent_hi : cent_lo);
-		acc = _mm512_add_ps(acc, _mm512_mul_ps(cent, cent));
+		gamma[k] = sqrtf(ss[k]);
+		xor_signs(v[k], c->sign1_mask, nr);
+		wht(v[k], nr);
+		xor_signs(v[k], c->sign2_mask, nr);
+		scale = gamma[k] * c->sqrt_d;
+		scale_tables(c->bound_hi_step, c->bits_hi, scale, tab_hi[k]);
+		scale_tables(c->bound_lo_step, c->bits_lo, scale, tab_lo[k]);
+		acc[k] = _mm512_setzero_ps();
 	}
-	if (gamma > 0.0f)
-		norm = gamma / sqrtf(fold_lanes(acc));
-	tile->norms[t] = codec_norm_to_f16(norm);
-	for (unsigned p = 0; p < c->layout.n_planes; p++)
-		pack_plane(&c->layout.planes[p], idx, t, tile->bits);
+	for (unsigned k = 0; k < nt; k++) {
+		if (c->split == c->d) {
+			acc[k] = quantize(v[k], idx[k], 0, nr, tab_hi[k], cent_hi, c->bits_hi, acc[k]);
+		} else {
+			acc[k] = quantize(v[k], idx[k], 0, nr / 2, tab_hi[k], cent_hi, c->bits_hi, acc[k]);
+			acc[k] = quantize(v[k], idx[k], nr / 2, nr, tab_lo[k], cent_lo, c->bits_lo, acc[k]);
+		}
+	}
+	for (unsigned k = 0; k < nt; k++) {
+		float norm = gamma[k] > 0.0f ? gamma[k] / sqrtf(fold_lanes(acc[k])) : 0.0f;
+
+		/* F16C rounds like tqkv_f32_to_f16 (test-half). */
+		tile->norms[t + k] = _cvtss_sh(fminf(norm, 65504.0f), _MM_FROUND_TO_NEAREST_INT);
+		for (unsigned p = 0; p < c->layout.n_planes; p++)
+			pack_plane(&c->layout.planes[p], idx[k], t + k, tile->bits);
+	}
+}
+
+ALWAYS_INLINE void encode_tq_tokens(const struct tqkv_codec *c, const struct codec_src *src, unsigned t,
+				    const struct codec_tile *tile, const unsigned nt)
+{
+	switch (c->d) {
+	case 32: encode_tq_tokens_n(c, src, t, tile, 2, nt); break;
+	case 64: encode_tq_tokens_n(c, src, t, tile, 4, nt); break;
+	case 128: encode_tq_tokens_n(c, src, t, tile, 8, nt); break;
+	case 256: encode_tq_tokens_n(c, src, t, tile, 16, nt); break;
+	default: encode_tq_tokens_n(c, src, t, tile, 32, nt); break;
+	}
 }
 
 static void encode_int8_token(const struct tqkv_codec *c, const struct codec_src *src, unsigned t,
@@ -253,10 +318,18 @@ static void encode_fp16_token(const struct tqkv_codec *c, const struct codec_src
 static void avx512_encode_tile(const struct tqkv_codec *c, const struct codec_src *src, unsigned n,
 			       const struct codec_tile *tile)
 {
+	if (c->cls == CODEC_CLASS_TQ) {
+		unsigned t = 0;
+
+		for (; t + 2 <= n; t += 2)
+			encode_tq_tokens(c, src, t, tile, 2);
+		if (t < n)
+			encode_tq_tokens(c, src, t, tile, 1);
+		return;
+	}
 	for (unsigned t = 0; t < n; t++) {
 		switch (c->cls) {
 		case CODEC_CLASS_TQ:
-			encode_tq_token(c, src, t, tile);
 			break;
 		case CODEC_CLASS_INT8:
 			encode_int8_token(c, src, t, tile);

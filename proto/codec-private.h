@@ -83,6 +83,10 @@ struct tqkv_codec {
 	float cent_lo[16] __attribute__((aligned(64)));
 	float bound_hi[16] __attribute__((aligned(64)));
 	float bound_lo[16] __attribute__((aligned(64)));
+	/* bound_*_step[s][i] = bound_*[i + 2^s - 1]: the table the binary
+	 * search reads at step 2^s, so it needs no index arithmetic. */
+	float bound_hi_step[4][16] __attribute__((aligned(64)));
+	float bound_lo_step[4][16] __attribute__((aligned(64)));
 
 	float *qjl;             /* d x d Gaussian projection, row-major, QJL only */
 };

@@ -89,7 +89,8 @@ static void codec_build_layout(struct tqkv_codec *c)
 	}
 }
 
-static void fill_codebook(const struct tqkv_codec *c, unsigned bits, float *cent, float *bound)
+static void fill_codebook(const struct tqkv_codec *c, unsigned bits, float *cent, float *bound,
+			  float step_bound[4][16])
 {
 	unsigned di = (unsigned)__builtin_ctz(c->d) - CODEBOOK_DIM_MIN_LOG2;
 	unsigned k, levels = 1u << bits;
@@ -99,6 +100,9 @@ static void fill_codebook(const struct tqkv_codec *c, unsigned bits, float *cent
 		bound[k] = k + 1 < levels ? (cent[k] + codebook_centroids[di][bits - 1][k + 1]) * 0.5f
 					  : INFINITY;
 	}
+	for (unsigned s = 0; s < 4; s++)
+		for (k = 0; k < 16; k++)
+			step_bound[s][k] = k + (1u << s) - 1 < 16 ? bound[k + (1u << s) - 1] : INFINITY;
 }
 
 static int validate_params(const struct tqkv_codec_params *p)
@@ -165,8 +169,8 @@ TQKV_EXPORT int tqkv_codec_new(const struct tqkv_codec_params *params, struct tq
 			c->sign1_mask[j] = ((c->sign1[j / 64] >> (j % 64)) & 1) ? 0x80000000u : 0;
 			c->sign2_mask[j] = ((c->sign2[j / 64] >> (j % 64)) & 1) ? 0x80000000u : 0;
 		}
-		fill_codebook(c, c->bits_hi, c->cent_hi, c->bound_hi);
-		fill_codebook(c, c->bits_lo, c->cent_lo, c->bound_lo);
+		fill_codebook(c, c->bits_hi, c->cent_hi, c->bound_hi, c->bound_hi_step);
+		fill_codebook(c, c->bits_lo, c->cent_lo, c->bound_lo, c->bound_lo_step);
 
 		if (c->cls == CODEC_CLASS_TQ_QJL) {
 			c->qjl = malloc((size_t)c->d * c->d * sizeof(float));
