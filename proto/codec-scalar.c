@@ -48,8 +48,15 @@ void codec_prepare_row(const struct tqkv_codec *c, const struct codec_src *src, 
 		x[j] = 0.0f;
 }
 
+/* Pages are little-endian; on little-endian hosts these are plain moves. */
 static void store_le(uint8_t *p, uint32_t v, unsigned bytes)
 {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	if (bytes == 4) {
+		memcpy(p, &v, 4);
+		return;
+	}
+#endif
 	for (unsigned i = 0; i < bytes; i++)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
@@ -58,6 +65,12 @@ static uint32_t load_le(const uint8_t *p, unsigned bytes)
 {
 	uint32_t v = 0;
 
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	if (bytes == 4) {
+		memcpy(&v, p, 4);
+		return v;
+	}
+#endif
 	for (unsigned i = 0; i < bytes; i++)
 		v |= (uint32_t)p[i] << (8 * i);
 	return v;
