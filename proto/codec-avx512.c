@@ -8,6 +8,7 @@
  * codec-private.h, so the bytes equal the scalar reference's.
  */
 #include <immintrin.h>
+#include <stdbool.h>
 #include <math.h>
 #include <string.h>
 
@@ -274,11 +275,18 @@ ALWAYS_INLINE void encode_tq_tokens(const struct tqkv_codec *c, const struct cod
 	}
 }
 
+/* Whether pack_plane can pack a plane: whole registers, and word groups
+ * that are whole registers or divide one. */
+static bool plane_fits_registers(const struct tqkv_plane *pl)
+{
+	return pl->n_coords % 16 == 0 && (pl->words % 16 == 0 || 16 % pl->words == 0);
+}
+
 static void encode_int8_token(const struct tqkv_codec *c, const struct codec_src *src, unsigned t,
 			      const struct codec_tile *tile)
 {
 	__m512 v[MAX_REGS];
-	uint8_t q[TQKV_HEAD_DIM_MAX + 16];
+	__m512i q[MAX_REGS];
 	unsigned nr = (c->d + 15) / 16;
 	__m512 m = _mm512_setzero_ps(), inv;
 	uint16_t scale;
@@ -292,9 +300,17 @@ static void encode_int8_token(const struct tqkv_codec *c, const struct codec_src
 		__m512 x = _mm512_mul_ps(v[r], inv);
 
 		x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
-		_mm_storeu_si128((__m128i *)(q + 16 * r), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(x)));
+		q[r] = _mm512_cvtps_epi32(x);
 	}
-	codec_pack_token(&c->layout, q, t, tile->bits);
+	if (plane_fits_registers(&c->layout.planes[0])) {
+		pack_plane(&c->layout.planes[0], q, t, tile->bits);
+	} else {
+		uint8_t bytes[TQKV_HEAD_DIM_MAX + 16];
+
+		for (unsigned r = 0; r < nr; r++)
+			_mm_storeu_si128((__m128i *)(bytes + 16 * r), _mm512_cvtepi32_epi8(q[r]));
+		codec_pack_token(&c->layout, bytes, t, tile->bits);
+	}
 	tile->norms[t] = scale;
 }
 
