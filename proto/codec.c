@@ -111,8 +111,8 @@ static int validate_params(const struct tqkv_codec_params *p)
 		return -EINVAL;
 	if ((unsigned)p->kind >= TQKV_KIND_MAX || (unsigned)p->stream > TQKV_STREAM_V)
 		return -EINVAL;
-	if (p->kv_head >= (1u << 31) || (p->flags & ~(uint32_t)TQKV_CODEC_QJL))
-		return -EINVAL;
+	if (p->kv_head > 0xffff || (p->flags & ~(uint32_t)TQKV_CODEC_QJL))
+		return -EINVAL;  /* kv_head has 16 bits in the page header */
 	if ((p->flags & TQKV_CODEC_QJL) && (tq_bits[p->kind][1] < 2))
 		return -EINVAL;  /* needs a TurboQuant kind with >= 1 bit left for the MSE stage */
 	return 0;

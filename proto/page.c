@@ -88,8 +88,6 @@ static int page_encode(const struct tqkv_codec *c, const void *rows, bool f16, s
 	page_geometry(c, n_tokens, &g);
 	if (page_size < g.bytes)
 		return -EINVAL;
-	if (c->params.head_dim > 0xffff || c->params.kv_head > 0xffff)
-		return -EINVAL;
 
 	/* Padding tokens of the last tile and the gaps between sections are
 	 * zero, so pages are byte-for-byte reproducible. */
@@ -130,54 +128,64 @@ TQKV_EXPORT int tqkv_page_encode_f16(const struct tqkv_codec *codec, const uint1
 }
 
 /* Checks a page header against this codec and the buffer it sits in.
- * Pages come from shared memory: every field is untrusted. */
-static int page_check(const struct tqkv_codec *c, const void *page, size_t page_size,
-		      const struct tqkv_page_header **ret_h)
+ * Pages come from shared memory: every field is untrusted, and another
+ * process may change them at any time, so the header is copied once and
+ * only the copy and the geometry recomputed from the codec are used. */
+static int page_check(const struct tqkv_codec *c, const void *page, size_t page_size, bool centered,
+		      struct page_geometry *ret_g, uint32_t *ret_n_tokens)
 {
-	const struct tqkv_page_header *h = page;
-	struct page_geometry g;
+	struct tqkv_page_header h;
+	uint8_t want_flags;
 
-	if (page_size < sizeof(*h))
+	if (page_size < sizeof(h))
 		return -EBADMSG;
-	if (h->magic != TQKV_PAGE_MAGIC || h->version != TQKV_PAGE_VERSION ||
-	    h->header_crc != crc32c(0, h, offsetof(struct tqkv_page_header, header_crc)))
+	memcpy(&h, page, sizeof(h));
+	if (h.magic != TQKV_PAGE_MAGIC || h.version != TQKV_PAGE_VERSION ||
+	    h.header_crc != crc32c(0, &h, offsetof(struct tqkv_page_header, header_crc)))
 		return -EBADMSG;
-	if (h->n_tokens == 0 || h->kind != c->params.kind || h->head_dim != c->params.head_dim ||
-	    h->padded_dim != c->d || h->model_seed != c->params.model_seed ||
-	    h->layer != c->params.layer || h->kv_head != c->params.kv_head ||
-	    h->stream != c->params.stream ||
-	    !!(h->flags & TQKV_PAGE_QJL) != (c->cls == CODEC_CLASS_TQ_QJL))
+	if (h.reserved0 || h.reserved1 || h.reserved2 ||
+	    (h.flags & ~(uint8_t)(TQKV_PAGE_QJL | TQKV_PAGE_CENTERED)))
 		return -EBADMSG;
-	page_geometry(c, h->n_tokens, &g);
-	if (h->n_tiles != g.n_tiles || h->tile_bytes != c->layout.tile_bytes || h->tiles_offset != g.tiles ||
-	    h->norms_offset != g.norms || h->rnorms_offset != g.rnorms || h->page_bytes != g.bytes ||
-	    page_size < g.bytes)
+	want_flags = (uint8_t)(c->cls == CODEC_CLASS_TQ_QJL ? TQKV_PAGE_QJL : 0);
+	if (h.n_tokens == 0 || h.kind != c->params.kind || h.head_dim != c->params.head_dim ||
+	    h.padded_dim != c->d || h.model_seed != c->params.model_seed ||
+	    h.layer != c->params.layer || h.kv_head != c->params.kv_head ||
+	    h.stream != c->params.stream || (h.flags & TQKV_PAGE_QJL) != want_flags)
 		return -EBADMSG;
-	*ret_h = h;
+	page_geometry(c, h.n_tokens, ret_g);
+	if (h.n_tiles != ret_g->n_tiles || h.tile_bytes != c->layout.tile_bytes ||
+	    h.tiles_offset != ret_g->tiles || h.norms_offset != ret_g->norms ||
+	    h.rnorms_offset != ret_g->rnorms || h.page_bytes != ret_g->bytes || page_size < ret_g->bytes)
+		return -EBADMSG;
+	/* A centered page decodes only with its mean, and only it does. */
+	if (!!(h.flags & TQKV_PAGE_CENTERED) != centered)
+		return -EINVAL;
+	*ret_n_tokens = h.n_tokens;
 	return 0;
 }
 
 TQKV_EXPORT int tqkv_page_decode_f32(const struct tqkv_codec *codec, const void *page, size_t page_size,
 				     uint32_t first, uint32_t n, const float *mean, float *out, size_t row_stride)
 {
-	const struct tqkv_page_header *h;
 	const uint8_t *base = page;
+	struct page_geometry g;
+	uint32_t n_tokens;
 	int r;
 
 	if (!codec || !page || !out || row_stride < codec->params.head_dim)
 		return -EINVAL;
-	r = page_check(codec, page, page_size, &h);
+	r = page_check(codec, page, page_size, mean != NULL, &g, &n_tokens);
 	if (r < 0)
 		return r;
-	if (first > h->n_tokens || n > h->n_tokens - first)
+	if (first > n_tokens || n > n_tokens - first)
 		return -EINVAL;
 
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t t = first + k, tile = t / TQKV_TILE_TOKENS;
-		const uint16_t *norms = (const uint16_t *)(base + h->norms_offset) + tile * TQKV_TILE_TOKENS;
-		const uint16_t *rnorms = (const uint16_t *)(base + h->rnorms_offset) + tile * TQKV_TILE_TOKENS;
+		const uint16_t *norms = (const uint16_t *)(base + g.norms) + tile * TQKV_TILE_TOKENS;
+		const uint16_t *rnorms = (const uint16_t *)(base + g.rnorms) + tile * TQKV_TILE_TOKENS;
 
-		codec->kernels.decode_token(codec, base + h->tiles_offset + (size_t)tile * h->tile_bytes,
+		codec->kernels.decode_token(codec, base + g.tiles + (size_t)tile * codec->layout.tile_bytes,
 					    norms, rnorms, t % TQKV_TILE_TOKENS, mean, out + (size_t)k * row_stride);
 	}
 	return 0;

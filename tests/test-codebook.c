@@ -39,7 +39,7 @@ Test(codebook, table_matches_generator)
 		}
 }
 
-/* ALGORITHMS.md: measured on the sphere at d=128. */
+/* ../shared/design/ALGORITHMS.md: measured on the sphere at d=128. */
 Test(codebook, mse_d128_matches_design)
 {
 	static const double design[CODEBOOK_BITS_MAX] = { 0.361, 0.116, 0.0340, 0.0093 };
@@ -55,7 +55,7 @@ Test(codebook, mse_d128_matches_design)
 }
 
 /*
- * ALGORITHMS.md's (b=3, d=128) centroids.  They sit up to 1.3e-4 from the
+ * ../shared/design/ALGORITHMS.md's (b=3, d=128) centroids.  They sit up to 1.3e-4 from the
  * converged optimum (0.0216043, 0.0665856, 0.1181398, 0.1883972; checked
  * with mpmath, and the design's set has the larger MSE), so the bound is
  * 2e-4 rather than their last digit; centroids_are_cell_means pins the

@@ -25,6 +25,8 @@ static void fill_rows(uint64_t *state, float *x, unsigned n, unsigned d)
 		case 4: for (unsigned j = 0; j < d; j++) row[j] *= 1e-30f; break;
 		case 5: for (unsigned j = 0; j < d; j++) row[j] = (float)(j % 5) - 2.0f; break;  /* ties */
 		case 6: row[0] = 70000.0f; break;
+		case 7: for (unsigned j = 0; j < d; j++) row[j] = j & 1 ? -0.0f : 0x1p-140f * (float)j; break;  /* subnormals */
+		case 8: row[splitmix64_next(state) % d] = -0.0f; break;
 		default: {
 			/* Non-isotropic scales, like real keys. */
 			float s = 0.01f + (float)(splitmix64_next(state) % 1000) / 10.0f;
@@ -39,11 +41,12 @@ static void fill_rows(uint64_t *state, float *x, unsigned n, unsigned d)
 static void compare_paths(enum tqkv_kind kind, unsigned d, uint32_t flags, unsigned n_vectors, uint64_t *state)
 {
 	struct tqkv_codec *c = test_codec(kind, d, flags, splitmix64_next(state));
-	const unsigned n = 1024 < n_vectors ? 1024 : n_vectors;
+	const unsigned n = n_vectors >= 2048 ? 1024 : n_vectors / 2;  /* >= 2 batches: with and without a mean */
 	float *x = malloc(sizeof(float) * n * d), *mean = malloc(sizeof(float) * d);
 	float *ya = malloc(sizeof(float) * n * d), *yb = malloc(sizeof(float) * n * d);
 	size_t size = tqkv_page_size(c, n);
 	uint8_t *ref = malloc(size), *fast = malloc(size);
+	uint16_t *h = malloc(sizeof(uint16_t) * n * d);
 
 	for (unsigned done = 0; done < n_vectors; done += n) {
 		const float *m = (done / n) % 2 ? mean : NULL;
@@ -64,6 +67,18 @@ static void compare_paths(enum tqkv_kind kind, unsigned d, uint32_t flags, unsig
 			cr_assert_eq(memcmp(ya, yb, sizeof(float) * n * d), 0, "%s %s d=%u: decode differs",
 				     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d);
 		}
+		/* fp16 rows (what the daemon's worker encodes) through every path. */
+		for (size_t i = 0; i < (size_t)n * d; i++)
+			h[i] = tqkv_f32_to_f16(x[i]);
+		codec_set_isa(c, CPU_ISA_SCALAR);
+		cr_assert_eq(tqkv_page_encode_f16(c, h, d, n, m, ref, size), 0);
+		for (int isa = CPU_ISA_AVX2; isa < CPU_ISA_MAX; isa++) {
+			if (codec_set_isa(c, (enum cpu_isa)isa) < 0)
+				continue;
+			cr_assert_eq(tqkv_page_encode_f16(c, h, d, n, m, fast, size), 0);
+			cr_assert_eq(memcmp(fast, ref, size), 0, "%s %s d=%u: fp16 rows encode differently",
+				     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d);
+		}
 	}
 	free(x);
 	free(mean);
@@ -71,6 +86,7 @@ static void compare_paths(enum tqkv_kind kind, unsigned d, uint32_t flags, unsig
 	free(yb);
 	free(ref);
 	free(fast);
+	free(h);
 	tqkv_codec_free(c);
 }
 
@@ -85,7 +101,7 @@ Test(codec_simd, tq4_d128_100k_vectors)
 
 Test(codec_simd, every_kind_and_head_dim)
 {
-	static const unsigned dims[] = { 32, 64, 96, 128, 192, 256, 512, 80, 100, 7 };
+	static const unsigned dims[] = { 32, 64, 96, 128, 192, 256, 512, 80, 100, 7, 1, 33, 500 };
 	uint64_t state = test_seed();
 
 	if (cpu_best_isa() == CPU_ISA_SCALAR)
@@ -95,12 +111,15 @@ Test(codec_simd, every_kind_and_head_dim)
 			compare_paths(k, dims[i], 0, 2048, &state);
 }
 
-Test(codec_simd, qjl_kinds)
+/* QJL encodes through the reference in every kernel set (its O(d^2)
+ * sketch has no SIMD path); this checks that dispatch, with and without a
+ * mean. */
+Test(codec_simd, qjl_kinds_use_the_reference)
 {
 	uint64_t state = test_seed();
 
 	if (cpu_best_isa() == CPU_ISA_SCALAR)
 		cr_skip_test("no SIMD path on this CPU or build");
 	for (int k = TQKV_KIND_TQ2; k < TQKV_KIND_MAX; k++)
-		compare_paths(k, 64, TQKV_CODEC_QJL, 64, &state);
+		compare_paths(k, 64, TQKV_CODEC_QJL, 128, &state);
 }

@@ -53,6 +53,9 @@ Test(codec, rejects_bad_parameters)
 	p.flags = 1u << 9;
 	cr_assert_eq(tqkv_codec_new(&p, &c), -EINVAL);
 	p.flags = 0;
+	p.kv_head = 70000;  /* the page header has 16 bits for it */
+	cr_assert_eq(tqkv_codec_new(&p, &c), -EINVAL);
+	p.kv_head = 0;
 	p.stream = 7;
 	cr_assert_eq(tqkv_codec_new(&p, &c), -EINVAL);
 	cr_assert_eq(tqkv_codec_new(NULL, &c), -EINVAL);
@@ -253,7 +256,7 @@ Test(codec, centering_round_trip)
 
 /* Bad input has a defined result (docs/CODEC.md): non-finite components
  * encode as 0, a zero vector decodes to zeros, norms saturate at 65504 with
- * the direction kept, fp16 input works like float input. */
+ * the direction kept (fp16 input: f16_input_matches_f32). */
 Test(codec, bad_input_is_defined)
 {
 	for (int k = 0; k < TQKV_KIND_MAX; k++) {

@@ -43,8 +43,8 @@ Test(page, header_describes_the_page)
 	tqkv_codec_free(c);
 }
 
-/* Any damaged header byte is caught (CRC), so a client never follows a
- * corrupted offset out of the page. */
+/* Any damaged header byte is caught (CRC); crafted headers with a valid
+ * CRC are the next test's business. */
 Test(page, damaged_header_is_rejected)
 {
 	struct tqkv_codec *c = test_codec(TQKV_KIND_TQ4, 128, 0, 11);
@@ -63,6 +63,65 @@ Test(page, damaged_header_is_rejected)
 	cr_assert_eq(tqkv_page_decode_f32(c, page, size, 16, 1, NULL, y, 128), -EINVAL);
 	cr_assert_eq(tqkv_page_decode_f32(c, page, size, 15, 2, NULL, y, 128), -EINVAL);
 	free(page);
+	free(x);
+	tqkv_codec_free(c);
+}
+
+static void reseal(struct tqkv_page_header *h)
+{
+	h->header_crc = crc32c(0, h, offsetof(struct tqkv_page_header, header_crc));
+}
+
+/* A writer that can recompute the CRC still cannot move a reader outside
+ * the page: offsets must equal the geometry the reader's codec computes,
+ * and reserved fields and unknown flags are refused. */
+Test(page, crafted_header_with_valid_crc_is_rejected)
+{
+	struct tqkv_codec *c = test_codec(TQKV_KIND_TQ4, 128, 0, 11);
+	float *x = test_gaussian(5, 32, 128), y[128];
+	size_t size;
+	struct tqkv_page_header *h = test_encode(c, x, 32, 128, NULL, &size), saved = *h;
+
+	h->tiles_offset = 0x10000000;
+	reseal(h);
+	cr_assert_eq(tqkv_page_decode_f32(c, h, size, 0, 1, NULL, y, 128), -EBADMSG);
+	*h = saved;
+	h->norms_offset = 64;
+	reseal(h);
+	cr_assert_eq(tqkv_page_decode_f32(c, h, size, 0, 1, NULL, y, 128), -EBADMSG);
+	*h = saved;
+	h->n_tokens = 1000;  /* more tokens than the buffer holds */
+	reseal(h);
+	cr_assert_eq(tqkv_page_decode_f32(c, h, size, 0, 1, NULL, y, 128), -EBADMSG);
+	*h = saved;
+	h->flags |= 0x80;
+	reseal(h);
+	cr_assert_eq(tqkv_page_decode_f32(c, h, size, 0, 1, NULL, y, 128), -EBADMSG);
+	*h = saved;
+	h->reserved2 = 1;
+	reseal(h);
+	cr_assert_eq(tqkv_page_decode_f32(c, h, size, 0, 1, NULL, y, 128), -EBADMSG);
+	*h = saved;
+	cr_assert_eq(tqkv_page_decode_f32(c, h, size, 0, 1, NULL, y, 128), 0);
+	free(h);
+	free(x);
+	tqkv_codec_free(c);
+}
+
+/* A centered page needs its mean to decode, and an uncentered one must not
+ * get one: either mistake would silently shift every value. */
+Test(page, centering_must_match)
+{
+	struct tqkv_codec *c = test_codec(TQKV_KIND_TQ4, 64, 0, 11);
+	float *x = test_gaussian(5, 16, 64), mean[64] = { 0 }, y[64];
+	size_t size;
+	void *plain = test_encode(c, x, 16, 64, NULL, &size), *centered = test_encode(c, x, 16, 64, mean, &size);
+
+	cr_assert_eq(tqkv_page_decode_f32(c, plain, size, 0, 1, mean, y, 64), -EINVAL);
+	cr_assert_eq(tqkv_page_decode_f32(c, centered, size, 0, 1, NULL, y, 64), -EINVAL);
+	cr_assert_eq(tqkv_page_decode_f32(c, centered, size, 0, 1, mean, y, 64), 0);
+	free(plain);
+	free(centered);
 	free(x);
 	tqkv_codec_free(c);
 }

@@ -104,7 +104,7 @@ struct tqkv_layout {
 
 /* Creates a codec.  Returns 0, or -EINVAL for parameters out of range
  * (head_dim 0 or above TQKV_HEAD_DIM_MAX, unknown kind or flag, QJL on a
- * non-TurboQuant kind or on TQ1), -ENOMEM. */
+ * non-TurboQuant kind or on TQ1, kv_head above 65535), -ENOMEM. */
 TQKV_EXPORT int tqkv_codec_new(const struct tqkv_codec_params *params, struct tqkv_codec **ret_codec);
 
 /* Frees a codec; accepts NULL. */
@@ -142,6 +142,10 @@ TQKV_EXPORT int tqkv_page_encode_f16(const struct tqkv_codec *codec, const uint1
  * values each, at out + t * row_stride), adding mean back when given.
  * The page must have been produced by a codec with the same parameters;
  * its header is checked (-EBADMSG when it does not match or is damaged).
+ * A page encoded with a mean decodes only with a mean and one encoded
+ * without only without (-EINVAL otherwise).  The header is read once, so
+ * a page that another process rewrites meanwhile cannot steer the reads
+ * outside page_size.
  */
 TQKV_EXPORT int tqkv_page_decode_f32(const struct tqkv_codec *codec, const void *page, size_t page_size,
 				     uint32_t first, uint32_t n, const float *mean, float *out, size_t row_stride);
