@@ -344,19 +344,12 @@ static void avx512_encode_tile(const struct tqkv_codec *c, const struct codec_sr
 		return;
 	}
 	for (unsigned t = 0; t < n; t++) {
-		switch (c->cls) {
-		case CODEC_CLASS_TQ:
-			break;
-		case CODEC_CLASS_INT8:
+		if (c->cls == CODEC_CLASS_INT8)
 			encode_int8_token(c, src, t, tile);
-			break;
-		case CODEC_CLASS_FP16:
+		else if (c->cls == CODEC_CLASS_FP16)
 			encode_fp16_token(c, src, t, tile);
-			break;
-		case CODEC_CLASS_TQ_QJL:
-			codec_scalar_encode_token(c, src, t, tile);  /* O(d^2) sketch: not worth a SIMD path */
-			break;
-		}
+		else
+			codec_scalar_encode_token(c, src, t, tile);  /* QJL: O(d^2) sketch, no SIMD path */
 	}
 }
 

@@ -109,6 +109,8 @@ void codec_unpack_token(const struct tqkv_layout *l, const uint8_t *bits, unsign
 /* The reference encoder of one token (SIMD paths defer to it for rare cases). */
 void codec_scalar_encode_token(const struct tqkv_codec *c, const struct codec_src *src, unsigned t,
 			       const struct codec_tile *tile);
+/* x <- D2 H D1 x: the rotation, unnormalised (|result| = sqrt(d) |x|). */
+void codec_rotate(const struct tqkv_codec *c, float *x);
 /* y <- D1 H D2 y * f: the inverse rotation scaled by f. */
 void codec_unrotate(const struct tqkv_codec *c, float *y, float f);
 

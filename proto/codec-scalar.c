@@ -157,9 +157,7 @@ static float rotate_and_index(const struct tqkv_codec *c, float *x, uint8_t *ind
 		*ret_saturated = 1;
 	}
 	gamma = sqrtf(ss);
-	apply_signs_f32(x, c->sign1, c->d);
-	wht_f32(x, c->d);
-	apply_signs_f32(x, c->sign2, c->d);
+	codec_rotate(c, x);
 	scale = gamma * c->sqrt_d;
 
 	for (unsigned j = 0; j < c->d; j++) {
@@ -237,7 +235,13 @@ static void scalar_encode_tile(const struct tqkv_codec *c, const struct codec_sr
 		codec_scalar_encode_token(c, src, t, tile);
 }
 
-/* Rotates centroids (already scaled into y) back: x = D1 H D2 y * f. */
+void codec_rotate(const struct tqkv_codec *c, float *x)
+{
+	apply_signs_f32(x, c->sign1, c->d);
+	wht_f32(x, c->d);
+	apply_signs_f32(x, c->sign2, c->d);
+}
+
 void codec_unrotate(const struct tqkv_codec *c, float *y, float f)
 {
 	apply_signs_f32(y, c->sign2, c->d);

@@ -22,10 +22,10 @@ struct page_geometry {
 
 static void page_geometry(const struct tqkv_codec *c, uint32_t n_tokens, struct page_geometry *g)
 {
-	size_t off = TQKV_PAGE_ALIGN, side = (size_t)0;
+	size_t off = TQKV_PAGE_ALIGN, side;
 
 	g->n_tiles = (n_tokens + TQKV_TILE_TOKENS - 1) / TQKV_TILE_TOKENS;
-	side = (size_t)g->n_tiles * TQKV_TILE_TOKENS * sizeof(uint16_t);
+	side = (size_t)g->n_tiles * TQKV_TILE_TOKENS * sizeof(uint16_t);  /* one fp16 per token */
 	g->tiles = (uint32_t)off;
 	off = align64(off + (size_t)g->n_tiles * c->layout.tile_bytes);
 	g->norms = 0;

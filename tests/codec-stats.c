@@ -16,23 +16,9 @@
 static void rotate_unit(const struct tqkv_codec *c, const float *x, float *y)
 {
 	memcpy(y, x, sizeof(float) * c->d);
-	apply_signs_f32(y, c->sign1, c->d);
-	wht_f32(y, c->d);
-	apply_signs_f32(y, c->sign2, c->d);
+	codec_rotate(c, y);
 	for (unsigned j = 0; j < c->d; j++)
 		y[j] /= c->sqrt_d;
-}
-
-static void normalize(float *v, unsigned n, unsigned d)
-{
-	for (unsigned i = 0; i < n; i++) {
-		double ss = 0;
-
-		for (unsigned j = 0; j < d; j++)
-			ss += (double)v[(size_t)i * d + j] * v[(size_t)i * d + j];
-		for (unsigned j = 0; j < d; j++)
-			v[(size_t)i * d + j] = (float)(v[(size_t)i * d + j] / sqrt(ss));
-	}
 }
 
 /* Squared error of token t against the unquantized rotated input (only
@@ -82,7 +68,7 @@ int codec_unit_mse(const struct tqkv_codec *c, unsigned n, uint64_t seed, struct
 		unsigned m = n - done < BATCH ? n - done : BATCH;
 
 		gaussian_fill(seed + done, x, m * d);
-		normalize(x, m, d);
+		unit_normalize(x, m, d);
 		r = tqkv_page_encode_f32(c, x, d, m, NULL, page, size);
 		if (r >= 0)
 			r = tqkv_page_decode_f32(c, page, size, 0, m, NULL, dec, d);

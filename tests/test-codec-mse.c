@@ -81,8 +81,8 @@ Test(codec_mse, inner_product_error_matches_mse)
 		void *page;
 		double ip = 0, mse = 0;
 
-		test_normalize(k, n, d);
-		test_normalize(q, n, d);
+		unit_normalize(k, n, d);
+		unit_normalize(q, n, d);
 		page = test_encode(c, k, n, d, NULL, &size);
 		cr_assert_eq(tqkv_page_decode_f32(c, page, size, 0, n, NULL, kk, d), 0);
 		for (unsigned t = 0; t < n; t++) {
@@ -143,8 +143,8 @@ Test(codec_mse, qjl_inner_product_is_unbiased, .timeout = 120)
 	float *k = test_gaussian(seed + 1, n, d), *g = test_gaussian(seed + 2, n, d);
 	float *q = malloc(sizeof(float) * n * d);
 
-	test_normalize(k, n, d);
-	test_normalize(g, n, d);
+	unit_normalize(k, n, d);
+	unit_normalize(g, n, d);
 	for (unsigned i = 0; i < n * d; i++)
 		q[i] = 0.8f * k[i] + 0.6f * g[i];
 

@@ -38,6 +38,19 @@ static void fill_rows(uint64_t *state, float *x, unsigned n, unsigned d)
 	}
 }
 
+/* Encodes float or fp16 rows with the kernels of isa. */
+static void encode_with(struct tqkv_codec *c, enum cpu_isa isa, const void *rows, bool f16, unsigned n,
+			const float *mean, uint8_t *page, size_t size)
+{
+	unsigned d = c->params.head_dim;
+
+	cr_assert_eq(codec_set_isa(c, isa), 0);
+	if (f16)
+		cr_assert_eq(tqkv_page_encode_f16(c, rows, d, n, mean, page, size), 0);
+	else
+		cr_assert_eq(tqkv_page_encode_f32(c, rows, d, n, mean, page, size), 0);
+}
+
 static void compare_paths(enum tqkv_kind kind, unsigned d, uint32_t flags, unsigned n_vectors, uint64_t *state)
 {
 	struct tqkv_codec *c = test_codec(kind, d, flags, splitmix64_next(state));
@@ -53,31 +66,26 @@ static void compare_paths(enum tqkv_kind kind, unsigned d, uint32_t flags, unsig
 
 		fill_rows(state, x, n, d);
 		gaussian_fill(splitmix64_next(state), mean, d);
-		codec_set_isa(c, CPU_ISA_SCALAR);
-		cr_assert_eq(tqkv_page_encode_f32(c, x, d, n, m, ref, size), 0);
-		cr_assert_eq(tqkv_page_decode_f32(c, ref, size, 0, n, m, ya, d), 0);
-		for (int isa = CPU_ISA_AVX2; isa < CPU_ISA_MAX; isa++) {
-			if (codec_set_isa(c, (enum cpu_isa)isa) < 0)
-				continue;
-			cr_assert_eq(tqkv_page_encode_f32(c, x, d, n, m, fast, size), 0);
-			for (size_t i = 0; i < size; i++)
-				cr_assert_eq(fast[i], ref[i], "%s %s d=%u qjl=%u: byte %zu of %zu differs",
-					     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d, flags, i, size);
-			cr_assert_eq(tqkv_page_decode_f32(c, ref, size, 0, n, m, yb, d), 0);
-			cr_assert_eq(memcmp(ya, yb, sizeof(float) * n * d), 0, "%s %s d=%u: decode differs",
-				     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d);
-		}
-		/* fp16 rows (what the daemon's worker encodes) through every path. */
 		for (size_t i = 0; i < (size_t)n * d; i++)
 			h[i] = tqkv_f32_to_f16(x[i]);
-		codec_set_isa(c, CPU_ISA_SCALAR);
-		cr_assert_eq(tqkv_page_encode_f16(c, h, d, n, m, ref, size), 0);
-		for (int isa = CPU_ISA_AVX2; isa < CPU_ISA_MAX; isa++) {
-			if (codec_set_isa(c, (enum cpu_isa)isa) < 0)
-				continue;
-			cr_assert_eq(tqkv_page_encode_f16(c, h, d, n, m, fast, size), 0);
-			cr_assert_eq(memcmp(fast, ref, size), 0, "%s %s d=%u: fp16 rows encode differently",
-				     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d);
+		/* Float rows, then fp16 rows (what the daemon's worker encodes). */
+		for (int f16 = 0; f16 < 2; f16++) {
+			const void *rows = f16 ? (const void *)h : (const void *)x;
+
+			encode_with(c, CPU_ISA_SCALAR, rows, f16, n, m, ref, size);
+			cr_assert_eq(tqkv_page_decode_f32(c, ref, size, 0, n, m, ya, d), 0);
+			for (int isa = CPU_ISA_AVX2; isa < CPU_ISA_MAX; isa++) {
+				if (!cpu_has_isa((enum cpu_isa)isa))
+					continue;
+				encode_with(c, (enum cpu_isa)isa, rows, f16, n, m, fast, size);
+				for (size_t i = 0; i < size; i++)
+					cr_assert_eq(fast[i], ref[i], "%s %s d=%u qjl=%u f16=%d: byte %zu of %zu differs",
+						     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d, flags, f16, i,
+						     size);
+				cr_assert_eq(tqkv_page_decode_f32(c, ref, size, 0, n, m, yb, d), 0);
+				cr_assert_eq(memcmp(ya, yb, sizeof(float) * n * d), 0, "%s %s d=%u: decode differs",
+					     cpu_isa_to_string(isa), tqkv_kind_to_string(kind), d);
+			}
 		}
 	}
 	free(x);

@@ -10,35 +10,31 @@
 #define GOLDEN_S2_0 0xaa97fe52ea78e6f9ull
 #define GOLDEN_S2_1 0x4feb61d60db8dc20ull
 
-static void rotate(const uint64_t *s1, const uint64_t *s2, unsigned d, float *v)
+/* The codec's rotation and its inverse, normalised (orthogonal). */
+static void rotate(const struct tqkv_codec *c, float *v)
 {
-	apply_signs_f32(v, s1, d);
-	wht_f32(v, d);
-	apply_signs_f32(v, s2, d);
-	for (unsigned j = 0; j < d; j++)
-		v[j] /= sqrtf((float)d);
+	codec_rotate(c, v);
+	for (unsigned j = 0; j < c->d; j++)
+		v[j] /= c->sqrt_d;
 }
 
-static void unrotate(const uint64_t *s1, const uint64_t *s2, unsigned d, float *v)
+static void unrotate(const struct tqkv_codec *c, float *v)
 {
-	apply_signs_f32(v, s2, d);
-	wht_f32(v, d);
-	apply_signs_f32(v, s1, d);
-	for (unsigned j = 0; j < d; j++)
-		v[j] /= sqrtf((float)d);
+	codec_unrotate(c, v, 1.0f / c->sqrt_d);
 }
 
 /* The columns of the rotation are orthonormal: <P e_i, P e_j> = delta_ij. */
 Test(rotation, orthonormal_columns)
 {
+	uint64_t seed = test_seed();
+
 	for (unsigned d = 32; d <= 512; d *= 2) {
-		uint64_t s1[ROTATION_SIGN_WORDS], s2[ROTATION_SIGN_WORDS];
+		struct tqkv_codec *c = test_codec(TQKV_KIND_TQ4, d, 0, seed);
 		float *m = calloc((size_t)d * d, sizeof(float));
 
-		rotation_draw_signs(rotation_stream_seed(test_seed(), 0, 0, TQKV_STREAM_K), d, s1, s2);
 		for (unsigned i = 0; i < d; i++) {
 			m[(size_t)i * d + i] = 1.0f;
-			rotate(s1, s2, d, m + (size_t)i * d);
+			rotate(c, m + (size_t)i * d);
 		}
 		for (unsigned i = 0; i < d; i++)
 			for (unsigned j = i; j < d; j++) {
@@ -49,6 +45,7 @@ Test(rotation, orthonormal_columns)
 				cr_assert(fabs(dot - (i == j)) < 1e-6, "d=%u <%u,%u>=%g", d, i, j, dot);
 			}
 		free(m);
+		tqkv_codec_free(c);
 	}
 }
 
@@ -58,23 +55,23 @@ Test(rotation, inverse_restores_input)
 	uint64_t seed = test_seed();
 
 	for (unsigned d = 32; d <= 512; d *= 2) {
-		uint64_t s1[ROTATION_SIGN_WORDS], s2[ROTATION_SIGN_WORDS];
+		struct tqkv_codec *c = test_codec(TQKV_KIND_TQ3, d, 0, seed);
 		float *x = test_gaussian(seed + d, 1, d), y[TQKV_HEAD_DIM_MAX];
 		double n0 = 0, n1 = 0;
 
-		rotation_draw_signs(rotation_stream_seed(seed, 7, 3, TQKV_STREAM_V), d, s1, s2);
 		for (unsigned j = 0; j < d; j++)
 			y[j] = x[j];
-		rotate(s1, s2, d, y);
+		rotate(c, y);
 		for (unsigned j = 0; j < d; j++) {
 			n0 += (double)x[j] * x[j];
 			n1 += (double)y[j] * y[j];
 		}
 		cr_assert(fabs(n0 - n1) < 1e-4 * n0);
-		unrotate(s1, s2, d, y);
+		unrotate(c, y);
 		for (unsigned j = 0; j < d; j++)
 			cr_assert(fabsf(x[j] - y[j]) < 1e-5f, "d=%u j=%u %g vs %g", d, j, x[j], y[j]);
 		free(x);
+		tqkv_codec_free(c);
 	}
 }
 

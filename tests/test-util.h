@@ -14,6 +14,7 @@
 #include <tqkv/codec.h>
 
 #include "codec-private.h"
+#include "codec-stats.h"
 #include "rotation.h"
 
 static inline uint64_t test_seed(void)
@@ -37,19 +38,6 @@ static inline float *test_gaussian(uint64_t seed, size_t n, unsigned d)
 	cr_assert_not_null(v);
 	gaussian_fill(seed, v, (unsigned)(n * d));
 	return v;
-}
-
-/* Scales each row of v to unit length. */
-static inline void test_normalize(float *v, size_t n, unsigned d)
-{
-	for (size_t i = 0; i < n; i++) {
-		double ss = 0;
-
-		for (unsigned j = 0; j < d; j++)
-			ss += (double)v[i * d + j] * v[i * d + j];
-		for (unsigned j = 0; j < d; j++)
-			v[i * d + j] = (float)(v[i * d + j] / sqrt(ss));
-	}
 }
 
 static inline struct tqkv_codec *test_codec(enum tqkv_kind kind, unsigned head_dim, uint32_t flags, uint64_t seed)
