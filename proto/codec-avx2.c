@@ -75,19 +75,26 @@ static void xor_signs(__m256 *v, const uint32_t *mask, unsigned nr)
 		v[r] = _mm256_xor_ps(v[r], _mm256_load_ps((const float *)(mask + 8 * r)));
 }
 
-static __m256 wht_lane_stage(__m256 v, __m256 swapped, int upper)
+/* Lanes with bit h clear get v[i] + v[i+h], lanes with it set get
+ * v[i-h] + (-v[i]) == v[i-h] - v[i] (negation is exact). */
+static __m256 wht_lane_stage(__m256 v, __m256 swapped, __m256 upper_sign)
 {
-	return _mm256_blend_ps(_mm256_add_ps(v, swapped), _mm256_sub_ps(swapped, v), upper);
+	return _mm256_add_ps(swapped, _mm256_xor_ps(v, upper_sign));
 }
 
 static void wht(__m256 *v, unsigned nr)
 {
+	const float n = -0.0f;
+	const __m256 sign_h1 = _mm256_setr_ps(0, n, 0, n, 0, n, 0, n);
+	const __m256 sign_h2 = _mm256_setr_ps(0, 0, n, n, 0, 0, n, n);
+	const __m256 sign_h4 = _mm256_setr_ps(0, 0, 0, 0, n, n, n, n);
+
 	for (unsigned r = 0; r < nr; r++) {
 		__m256 x = v[r];
 
-		x = wht_lane_stage(x, _mm256_permute_ps(x, 0xb1), 0xaa);
-		x = wht_lane_stage(x, _mm256_permute_ps(x, 0x4e), 0xcc);
-		x = wht_lane_stage(x, _mm256_permute2f128_ps(x, x, 0x01), 0xf0);
+		x = wht_lane_stage(x, _mm256_permute_ps(x, 0xb1), sign_h1);
+		x = wht_lane_stage(x, _mm256_permute_ps(x, 0x4e), sign_h2);
+		x = wht_lane_stage(x, _mm256_permute2f128_ps(x, x, 0x01), sign_h4);
 		v[r] = x;
 	}
 	for (unsigned k = 1; k < nr; k <<= 1)

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
 	meson ninja-build pkg-config gcc clang
 	libuv1-dev liburing-dev libsystemd-dev libcriterion-dev
-	valgrind
+	valgrind redis-server redis-tools
 )
 
 missing=()

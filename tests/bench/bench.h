@@ -14,5 +14,7 @@ struct bench_options {
 double bench_now(void);
 
 int bench_codec(const struct bench_options *o);
+int bench_append(const struct bench_options *o);
+int bench_latency(const struct bench_options *o);
 
 #endif

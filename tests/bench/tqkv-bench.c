@@ -23,6 +23,8 @@ static const struct {
 	const char *help;
 } benches[] = {
 	{ "codec", bench_codec, "encode/decode throughput (vectors/s, one thread) and MSE per head_dim and kind" },
+	{ "append", bench_append, "tokens/s appended by 1 and 2 client processes (32 layers, 8 KV heads, d=128)" },
+	{ "latency", bench_latency, "PING round trip p50/p99 next to redis-benchmark on a Unix socket" },
 };
 
 static void help(FILE *f)

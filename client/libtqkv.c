@@ -1,0 +1,612 @@
+/* SPDX-License-Identifier: MIT */
+/* libtqkv: connection, registration, sequences and views (include/tqkv/client.h). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <tqkv/client.h>
+
+#include "model.h"
+
+#define REPLY_FDS_MAX 4
+
+struct tqkv_client {
+	int fd;
+	uint32_t serial;
+	struct tqkv_hello_reply hello;
+	char error[256];
+	struct model *model;
+	const uint8_t *arena;
+	uint64_t arena_bytes;
+	uint8_t *staging;
+	uint64_t staging_bytes;
+};
+
+struct tqkv_seq {
+	struct tqkv_client *client;
+	uint32_t id, slot;
+	const struct tqkv_seq_desc *desc;
+	const uint64_t *table;
+	uint8_t *ring;
+	uint64_t committed;
+};
+
+static int set_error(struct tqkv_client *c, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int set_error(struct tqkv_client *c, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->error, sizeof(c->error), fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static int send_all(int fd, const void *p, size_t n)
+{
+	while (n) {
+		ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p = (const uint8_t *)p + k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* Reads exactly n bytes; the first recvmsg collects any fds. */
+static int recv_all(int fd, void *p, size_t n, int *fds, unsigned *n_fds)
+{
+	while (n) {
+		union {
+			char buf[CMSG_SPACE(sizeof(int) * REPLY_FDS_MAX)];
+			struct cmsghdr align;
+		} ctl;
+		struct iovec iov = { p, n };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+				     .msg_controllen = sizeof(ctl.buf) };
+		ssize_t k = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (k == 0)
+			return -ECONNRESET;
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			size_t m = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			int got[REPLY_FDS_MAX];
+
+			if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+				continue;
+			memcpy(got, CMSG_DATA(cm), m * sizeof(int));
+			for (size_t i = 0; i < m; i++) {
+				if (fds && *n_fds < REPLY_FDS_MAX)
+					fds[(*n_fds)++] = got[i];
+				else
+					close(got[i]);
+			}
+		}
+		p = (uint8_t *)p + k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/*
+ * One request and its reply.  The reply payload is copied into out (exactly
+ * out_size bytes expected, or up to out_size with ret_len); fds, if any,
+ * are returned in fds (the caller closes them).
+ */
+static int call(struct tqkv_client *c, uint16_t opcode, const void *payload, size_t len, void *out,
+		size_t out_size, size_t *ret_len, int *fds, unsigned *n_fds)
+{
+	struct tqkv_msg_header h = {
+		.size = (uint32_t)(sizeof(h) + len),
+		.opcode = opcode,
+		.serial = ++c->serial,
+	};
+	unsigned got_fds = 0;
+	int got[REPLY_FDS_MAX];
+	uint32_t body;
+	uint8_t *buf = NULL;
+	int r;
+
+	if (c->fd < 0)
+		return set_error(c, -ENOTCONN, "not connected");
+	r = send_all(c->fd, &h, sizeof(h));
+	if (r >= 0 && len)
+		r = send_all(c->fd, payload, len);
+	if (r >= 0)
+		r = recv_all(c->fd, &h, sizeof(h), got, &got_fds);
+	if (r < 0)
+		return set_error(c, r, "connection to tqkvd lost: %s", strerror(-r));
+	body = h.size >= sizeof(h) ? h.size - (uint32_t)sizeof(h) : 0;
+	if (h.size < sizeof(h) || body > (1u << 24) || !(h.flags & TQKV_MSG_REPLY) || h.serial != c->serial ||
+	    h.opcode != opcode) {
+		r = set_error(c, -EBADMSG, "malformed reply from tqkvd");
+		goto out;
+	}
+	buf = malloc(body + 1);
+	if (!buf) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = recv_all(c->fd, buf, body, got, &got_fds);
+	if (r < 0) {
+		set_error(c, r, "connection to tqkvd lost: %s", strerror(-r));
+		goto out;
+	}
+	if (h.flags & TQKV_MSG_ERROR) {
+		struct tqkv_error e = { EPROTO, 0 };
+
+		if (body >= sizeof(e))
+			memcpy(&e, buf, sizeof(e));
+		if (e.code <= 0)
+			e.code = EPROTO;
+		if (e.length > body - sizeof(e))
+			e.length = (uint32_t)(body - sizeof(e));
+		r = set_error(c, -e.code, "%.*s", (int)e.length, (const char *)buf + sizeof(e));
+		goto out;
+	}
+	if (ret_len ? body > out_size : body != out_size) {
+		r = set_error(c, -EBADMSG, "reply of unexpected size %u from tqkvd", body);
+		goto out;
+	}
+	if (body)
+		memcpy(out, buf, body);
+	if (ret_len)
+		*ret_len = body;
+	if (fds) {
+		memcpy(fds, got, got_fds * sizeof(int));
+		*n_fds = got_fds;
+		got_fds = 0;
+	}
+	c->error[0] = 0;
+	r = 0;
+out:
+	for (unsigned i = 0; i < got_fds; i++)
+		close(got[i]);
+	free(buf);
+	return r;
+}
+
+static int socket_path_default(char *buf, size_t size)
+{
+	const char *env = getenv("TQKV_SOCKET"), *xdg = getenv("XDG_RUNTIME_DIR");
+	int n;
+
+	if (env && *env)
+		n = snprintf(buf, size, "%s", env);
+	else if (geteuid() != 0 && xdg && *xdg)
+		n = snprintf(buf, size, "%s/tqkv/tqkvd.sock", xdg);
+	else
+		n = snprintf(buf, size, "/run/tqkv/tqkvd.sock");
+	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+TQKV_EXPORT int tqkv_client_connect(const char *socket_path, struct tqkv_client **ret)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct tqkv_hello hello = { TQKV_PROTOCOL_VERSION_MIN, TQKV_PROTOCOL_VERSION };
+	struct tqkv_client *c;
+	int r;
+
+	if (!ret)
+		return -EINVAL;
+	if (socket_path) {
+		if (strlen(socket_path) >= sizeof(sa.sun_path))
+			return -ENAMETOOLONG;
+		strcpy(sa.sun_path, socket_path);
+	} else {
+		r = socket_path_default(sa.sun_path, sizeof(sa.sun_path));
+		if (r < 0)
+			return r;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		r = -errno;
+		tqkv_client_free(c);
+		return r;
+	}
+	r = call(c, TQKV_OP_HELLO, &hello, sizeof(hello), &c->hello, sizeof(c->hello), NULL, NULL, NULL);
+	if (r < 0) {
+		tqkv_client_free(c);
+		return r;
+	}
+	*ret = c;
+	return 0;
+}
+
+TQKV_EXPORT void tqkv_client_free(struct tqkv_client *c)
+{
+	if (!c)
+		return;
+	if (c->fd >= 0)
+		close(c->fd);
+	if (c->arena)
+		munmap((void *)c->arena, c->arena_bytes);
+	if (c->staging)
+		munmap(c->staging, c->staging_bytes);
+	model_free(c->model);
+	free(c);
+}
+
+TQKV_EXPORT const char *tqkv_client_error(const struct tqkv_client *c)
+{
+	return c ? c->error : "";
+}
+
+TQKV_EXPORT uint32_t tqkv_client_block_tokens(const struct tqkv_client *c)
+{
+	return c->hello.block_tokens;
+}
+
+TQKV_EXPORT int tqkv_client_ping(struct tqkv_client *c)
+{
+	return call(c, TQKV_OP_PING, NULL, 0, NULL, 0, NULL, NULL, NULL);
+}
+
+TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text)
+{
+	char buf[8192];
+	size_t len;
+	int r = call(c, TQKV_OP_STATS, NULL, 0, buf, sizeof(buf) - 1, &len, NULL, NULL);
+
+	if (r < 0)
+		return r;
+	buf[len] = 0;
+	*ret_text = strdup(buf);
+	return *ret_text ? 0 : -ENOMEM;
+}
+
+/* Maps a memfd after checking its seals and size. */
+static int map_checked(int fd, uint64_t size, int required_seals, int prot, void **ret)
+{
+	struct stat st;
+	int seals = fcntl(fd, F_GET_SEALS);
+	void *p;
+
+	if (seals < 0)
+		return -errno;
+	if ((seals & required_seals) != required_seals)
+		return -EPERM;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if ((uint64_t)st.st_size != size || size == 0)
+		return -EBADMSG;
+	p = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	*ret = p;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct tqkv_model *m)
+{
+	struct tqkv_register_model reg;
+	struct tqkv_register_reply rep;
+	struct model_limits lim;
+	size_t len;
+	uint8_t *msg;
+	int fds[REPLY_FDS_MAX];
+	unsigned n_fds = 0;
+	void *arena = NULL, *staging = NULL;
+	int r;
+
+	if (!c || !m || !m->layers || m->n_layers == 0 || m->n_layers > c->hello.max_layers)
+		return -EINVAL;
+	if (c->model)
+		return set_error(c, -EALREADY, "a model is already registered");
+	reg = (struct tqkv_register_model){
+		.fingerprint = m->fingerprint,
+		.n_layers = m->n_layers,
+		.staging_tokens = m->staging_tokens ? m->staging_tokens : 4 * c->hello.block_tokens,
+		.max_sequences = m->max_sequences ? m->max_sequences : 16,
+	};
+	len = sizeof(reg) + (size_t)m->n_layers * sizeof(*m->layers);
+	msg = malloc(len);
+	if (!msg)
+		return -ENOMEM;
+	memcpy(msg, &reg, sizeof(reg));
+	memcpy(msg + sizeof(reg), m->layers, (size_t)m->n_layers * sizeof(*m->layers));
+	r = call(c, TQKV_OP_REGISTER_MODEL, msg, len, &rep, sizeof(rep), NULL, fds, &n_fds);
+	free(msg);
+	if (r < 0)
+		return r;
+	if (n_fds != 2) {
+		r = set_error(c, -EBADMSG, "expected 2 file descriptors from tqkvd, got %u", n_fds);
+		goto out;
+	}
+	/* The arena must be immutable for us: no writes, no size changes. */
+	r = map_checked(fds[0], rep.arena_bytes, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL,
+			PROT_READ, &arena);
+	if (r < 0) {
+		set_error(c, r, "arena memfd failed its checks: %s", strerror(-r));
+		goto out;
+	}
+	r = map_checked(fds[1], rep.staging_bytes, F_SEAL_SHRINK | F_SEAL_GROW, PROT_READ | PROT_WRITE, &staging);
+	if (r < 0) {
+		set_error(c, r, "staging memfd failed its checks: %s", strerror(-r));
+		goto out;
+	}
+	/* The same model arithmetic as the daemon's; refuse any disagreement. */
+	lim = (struct model_limits){
+		.max_layers = c->hello.max_layers,
+		.max_kv_heads = c->hello.max_kv_heads,
+		.max_head_dim = c->hello.max_head_dim,
+		.max_sequences = c->hello.max_sequences,
+		.max_tokens_per_sequence = c->hello.max_tokens_per_sequence,
+		.block_tokens = c->hello.block_tokens,
+	};
+	r = model_new(&reg, m->layers, &lim, &c->model, c->error, sizeof(c->error));
+	if (r < 0)
+		goto out;
+	if (c->model->token_bytes != rep.token_bytes || c->model->slot_bytes != rep.staging_slot_bytes ||
+	    rep.staging_bytes != c->model->slot_bytes * reg.max_sequences || rep.block_tokens != lim.block_tokens) {
+		r = set_error(c, -EBADMSG, "tqkvd's layout of the model differs from ours");
+		model_free(c->model);
+		c->model = NULL;
+		goto out;
+	}
+	c->arena = arena;
+	c->arena_bytes = rep.arena_bytes;
+	c->staging = staging;
+	c->staging_bytes = rep.staging_bytes;
+	arena = staging = NULL;
+out:
+	if (arena)
+		munmap(arena, rep.arena_bytes);
+	if (staging)
+		munmap(staging, rep.staging_bytes);
+	for (unsigned i = 0; i < n_fds; i++)
+		close(fds[i]);
+	return r;
+}
+
+static bool in_arena(const struct tqkv_client *c, uint64_t offset, uint64_t size)
+{
+	return offset <= c->arena_bytes && size <= c->arena_bytes - offset;
+}
+
+TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret)
+{
+	struct tqkv_seq_open_reply rep;
+	struct tqkv_seq *s;
+	const struct tqkv_seq_desc *d;
+	int r;
+
+	if (!c || !ret)
+		return -EINVAL;
+	if (!c->model)
+		return set_error(c, -ENOENT, "register a model first");
+	r = call(c, TQKV_OP_SEQ_OPEN, NULL, 0, &rep, sizeof(rep), NULL, NULL, NULL);
+	if (r < 0)
+		return r;
+	if (!in_arena(c, rep.desc_offset, sizeof(*d)) || rep.slot >= c->model->reg.max_sequences)
+		return set_error(c, -EBADMSG, "tqkvd sent a sequence outside the shared memory");
+	d = (const void *)(c->arena + rep.desc_offset);
+	if (!in_arena(c, d->block_table_offset, (uint64_t)d->max_blocks * 8) ||
+	    d->block_tokens != c->model->block_tokens)
+		return set_error(c, -EBADMSG, "tqkvd sent a malformed sequence descriptor");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->client = c;
+	s->id = rep.seq_id;
+	s->slot = rep.slot;
+	s->desc = d;
+	s->table = (const uint64_t *)(c->arena + d->block_table_offset);
+	s->ring = c->staging + (uint64_t)rep.slot * c->model->slot_bytes;
+	*ret = s;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_seq_close(struct tqkv_seq *s)
+{
+	struct tqkv_seq_close req;
+	int r;
+
+	if (!s)
+		return 0;
+	req = (struct tqkv_seq_close){ .seq_id = s->id };
+	r = call(s->client, TQKV_OP_SEQ_CLOSE, &req, sizeof(req), NULL, 0, NULL, NULL, NULL);
+	free(s);
+	return r;
+}
+
+TQKV_EXPORT uint32_t tqkv_seq_id(const struct tqkv_seq *s)
+{
+	return s->id;
+}
+
+static uint64_t published_blocks(const struct tqkv_seq *s)
+{
+	uint64_t n = atomic_load_explicit((_Atomic uint64_t *)&s->desc->n_blocks, memory_order_acquire);
+
+	return n < s->desc->max_blocks ? n : s->desc->max_blocks;
+}
+
+TQKV_EXPORT uint64_t tqkv_seq_published(const struct tqkv_seq *s)
+{
+	return published_blocks(s) * s->client->model->block_tokens;
+}
+
+TQKV_EXPORT uint64_t tqkv_seq_committed(const struct tqkv_seq *s)
+{
+	return s->committed;
+}
+
+TQKV_EXPORT int tqkv_seq_write(struct tqkv_seq *s, uint64_t token, uint32_t layer, const uint16_t *k,
+			       const uint16_t *v)
+{
+	const struct model *m;
+	const struct model_layer *l;
+	uint8_t *row;
+	size_t bytes;
+
+	if (!s || !k || !v)
+		return -EINVAL;
+	m = s->client->model;
+	if (layer >= m->reg.n_layers || token < s->committed)
+		return -EINVAL;
+	l = &m->layers[layer];
+	if (l->desc.kv_source >= 0)
+		return -EINVAL;
+	if (token >= tqkv_seq_published(s) + m->reg.staging_tokens)
+		return -EAGAIN;
+	row = s->ring + (token % m->reg.staging_tokens) * m->token_bytes;
+	bytes = (size_t)l->desc.n_kv_heads * l->desc.head_dim * 2u;
+	memcpy(row + model_row_offset(m, layer, 0, 0), k, bytes);
+	memcpy(row + model_row_offset(m, layer, 0, 1), v, bytes);
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_seq_commit(struct tqkv_seq *s, uint64_t n_tokens)
+{
+	struct tqkv_seq_tokens req;
+	struct tqkv_seq_tokens_reply rep;
+	int r;
+
+	if (!s || n_tokens > UINT32_MAX)
+		return -EINVAL;
+	req = (struct tqkv_seq_tokens){ .seq_id = s->id, .n_tokens = (uint32_t)n_tokens };
+	r = call(s->client, TQKV_OP_SEQ_COMMIT, &req, sizeof(req), &rep, sizeof(rep), NULL, NULL, NULL);
+	if (r < 0)
+		return r;
+	s->committed = rep.committed_tokens;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_seq_wait(struct tqkv_seq *s, uint64_t n_tokens)
+{
+	struct tqkv_seq_tokens req;
+	struct tqkv_seq_tokens_reply rep;
+
+	if (!s || n_tokens > UINT32_MAX)
+		return -EINVAL;
+	if (tqkv_seq_published(s) >= n_tokens)
+		return 0;
+	req = (struct tqkv_seq_tokens){ .seq_id = s->id, .n_tokens = (uint32_t)n_tokens };
+	return call(s->client, TQKV_OP_SEQ_WAIT, &req, sizeof(req), &rep, sizeof(rep), NULL, NULL, NULL);
+}
+
+TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_layer_view *ret)
+{
+	const struct model *m;
+	const struct model_layer *l;
+
+	if (!s || !ret || layer >= s->client->model->reg.n_layers)
+		return -EINVAL;
+	m = s->client->model;
+	if (m->layers[layer].desc.kv_source >= 0)
+		layer = (uint32_t)m->layers[layer].desc.kv_source;
+	l = &m->layers[layer];
+	*ret = (struct tqkv_layer_view){
+		.layer = layer,
+		.n_kv_heads = l->desc.n_kv_heads,
+		.head_dim = l->desc.head_dim,
+		.block_tokens = m->block_tokens,
+		.n_blocks = published_blocks(s),
+		.arena = s->client->arena,
+		.arena_bytes = s->client->arena_bytes,
+		.block_table = s->table,
+		.tail = s->ring,
+		.token_bytes = m->token_bytes,
+		.staging_tokens = m->reg.staging_tokens,
+		.row_offset = { model_row_offset(m, layer, 0, 0), model_row_offset(m, layer, 0, 1) },
+		.page_index = l->page_index,
+		.codecs = (const struct tqkv_codec *const *)l->codecs,
+	};
+	ret->n_tokens = s->committed > ret->n_blocks * m->block_tokens ? s->committed : ret->n_blocks * m->block_tokens;
+	return 0;
+}
+
+TQKV_EXPORT const void *tqkv_view_page(const struct tqkv_layer_view *v, uint64_t block, uint32_t head,
+				       unsigned stream, size_t *ret_size)
+{
+	const struct tqkv_block_header *h;
+	uint64_t rec, off;
+	size_t size;
+
+	if (block >= v->n_blocks || head >= v->n_kv_heads || stream > 1)
+		return NULL;
+	rec = v->block_table[block];
+	if (rec > v->arena_bytes || v->arena_bytes - rec < MODEL_PAGE_TABLE_OFFSET + 8ull * (v->page_index + 2 * v->n_kv_heads))
+		return NULL;
+	h = (const void *)(v->arena + rec);
+	off = ((const uint64_t *)(v->arena + rec + MODEL_PAGE_TABLE_OFFSET))[v->page_index + head * 2 + stream];
+	size = tqkv_page_size(v->codecs[head * 2 + stream], v->block_tokens);
+	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - rec || off > h->record_bytes ||
+	    size > h->record_bytes - off)
+		return NULL;
+	if (ret_size)
+		*ret_size = size;
+	return v->arena + rec + off;
+}
+
+TQKV_EXPORT const uint16_t *tqkv_view_tail_row(const struct tqkv_layer_view *v, uint64_t token, uint32_t head,
+					       unsigned stream)
+{
+	if (token < v->n_blocks * v->block_tokens || token >= v->n_tokens || head >= v->n_kv_heads || stream > 1)
+		return NULL;
+	return (const uint16_t *)(v->tail + (token % v->staging_tokens) * v->token_bytes + v->row_offset[stream] +
+				  (size_t)head * v->head_dim * 2u);
+}
+
+TQKV_EXPORT int tqkv_seq_read(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,
+			      uint32_t n, float *out)
+{
+	struct tqkv_layer_view v;
+	int r = tqkv_seq_view(s, layer, &v);
+
+	if (r < 0)
+		return r;
+	if (head >= v.n_kv_heads || stream > 1 || first > v.n_tokens || n > v.n_tokens - first)
+		return -EINVAL;
+	for (uint64_t t = first; t < first + n;) {
+		float *o = out + (t - first) * v.head_dim;
+
+		if (t < v.n_blocks * v.block_tokens) {
+			uint64_t b = t / v.block_tokens, in = t % v.block_tokens;
+			uint64_t cnt = v.block_tokens - in < first + n - t ? v.block_tokens - in : first + n - t;
+			size_t size;
+			const void *page = tqkv_view_page(&v, b, head, stream, &size);
+
+			if (!page)
+				return -EBADMSG;
+			r = tqkv_page_decode_f32(v.codecs[head * 2 + stream], page, size, (uint32_t)in, (uint32_t)cnt,
+						 NULL, o, v.head_dim);
+			if (r < 0)
+				return r;
+			t += cnt;
+		} else {
+			const uint16_t *row = tqkv_view_tail_row(&v, t, head, stream);
+
+			for (uint32_t j = 0; j < v.head_dim; j++)
+				o[j] = tqkv_f16_to_f32(row[j]);
+			t++;
+		}
+	}
+	return 0;
+}

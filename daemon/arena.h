@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The arena: one memfd the daemon maps read-write and seals (no shrink, no
+ * grow, no new writable mappings, no more seals) before any client sees it.
+ * Clients map it read-only.  Everything in it is addressed by offset.
+ * Allocation (loop thread only) is a bump pointer plus exact-size free
+ * lists: blocks of one model all have the same size, so reuse is exact.
+ */
+#ifndef TQKVD_ARENA_H
+#define TQKVD_ARENA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct arena;
+
+/* Creates a sealed arena of size bytes (rounded up to pages). */
+int arena_new(uint64_t size, struct arena **ret);
+void arena_free(struct arena *a);
+
+int arena_fd(const struct arena *a);
+uint64_t arena_size(const struct arena *a);
+void *arena_ptr(const struct arena *a, uint64_t offset);
+
+/* Allocates size bytes (64-byte aligned, zeroed); -ENOMEM when full. */
+int arena_alloc(struct arena *a, uint64_t size, uint64_t *ret_offset);
+/* Returns an allocation of exactly size bytes. */
+void arena_release(struct arena *a, uint64_t offset, uint64_t size);
+
+uint64_t arena_bytes_used(const struct arena *a);
+
+#endif

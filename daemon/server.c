@@ -1,0 +1,933 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Clients and their requests.  Sockets are driven with uv_poll_t and our
+ * own recvmsg/sendmsg, since libuv streams cannot carry arbitrary fds.
+ * Everything here runs on the loop thread; the workers only touch the jobs
+ * handed to them.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "arena.h"
+#include "log.h"
+#include "message.h"
+#include "model.h"
+#include "server.h"
+#include "worker.h"
+
+#define OUTBUF_MAX (4u << 20)  /* unread replies before a client is dropped */
+#define FDS_MAX 16
+
+struct client;
+
+struct waiter {
+	struct waiter *next;
+	uint32_t serial;
+	uint64_t n_tokens;
+};
+
+struct sequence {
+	struct sequence *next;
+	struct client *client;
+	uint32_t id, slot;
+	uint64_t desc_offset, table_offset, table_bytes;
+	struct tqkv_seq_desc *desc;
+	uint64_t *table;
+	uint64_t committed;   /* tokens in staging, from COMMIT */
+	uint64_t n_blocks;    /* published, as the loop knows it */
+	bool job_in_flight, closed;
+	struct job job;
+	struct waiter *waiters;
+};
+
+struct client {
+	struct client *next;
+	struct server *server;
+	uint32_t id;
+	int fd;
+	pid_t pid;
+	uid_t uid;
+	uv_poll_t poll;
+	bool polling, dead, hello;
+	unsigned refs;          /* the client itself + jobs in flight */
+	uint8_t *in;
+	size_t in_len;
+	uint8_t *out;
+	size_t out_len, out_cap;
+	struct model *model;
+	int staging_fd;
+	uint8_t *staging;
+	uint64_t staging_bytes;
+	struct sequence *seqs;
+	uint32_t n_seqs;
+	struct sequence **slots;
+	struct ratelimit rl;
+};
+
+struct server_stats {
+	uint64_t clients_total, requests, errors, violations;
+	uint64_t blocks_compressed, blocks_freed, encode_nsec, compress_failures;
+	uint64_t sequences_total;
+};
+
+struct server {
+	uv_loop_t *loop;
+	const struct tqkvd_config *cfg;
+	int listen_fd;
+	uv_poll_t listen_poll;
+	struct arena *arena;
+	struct worker_pool *pool;
+	struct client *clients;
+	uint32_t n_clients, next_client_id, next_seq_id;
+	uint64_t start_usec;
+	uint64_t blocks_live, bytes_blocks, staging_bytes;
+	struct server_stats stats;
+	struct ratelimit rl;
+};
+
+static void client_disconnect(struct client *c);
+static void schedule(struct sequence *q);
+static void on_client_event(uv_poll_t *p, int status, int events);
+
+/* ---- output ---------------------------------------------------------- */
+
+static int flush_out(struct client *c)
+{
+	while (c->out_len) {
+		ssize_t n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0) {
+			if (errno == EAGAIN)
+				break;
+			return -errno;
+		}
+		memmove(c->out, c->out + n, c->out_len - (size_t)n);
+		c->out_len -= (size_t)n;
+	}
+	return uv_poll_start(&c->poll, UV_READABLE | (c->out_len ? UV_WRITABLE : 0), on_client_event) ? -EIO : 0;
+}
+
+static int queue_out(struct client *c, const void *data, size_t len)
+{
+	if (c->out_len + len > OUTBUF_MAX)
+		return -ENOBUFS;
+	if (c->out_len + len > c->out_cap) {
+		size_t cap = c->out_cap ? c->out_cap : 4096;
+		uint8_t *p;
+
+		while (cap < c->out_len + len)
+			cap *= 2;
+		p = realloc(c->out, cap);
+		if (!p)
+			return -ENOMEM;
+		c->out = p;
+		c->out_cap = cap;
+	}
+	memcpy(c->out + c->out_len, data, len);
+	c->out_len += len;
+	return 0;
+}
+
+/* Sends a message; fds go with its first byte, so a message with fds is
+ * sent only when nothing else is queued and must leave in one sendmsg. */
+static int send_msg(struct client *c, uint16_t opcode, uint16_t flags, uint32_t serial, const void *payload,
+		    size_t len, const int *fds, unsigned n_fds)
+{
+	struct tqkv_msg_header h = {
+		.size = (uint32_t)(sizeof(h) + len),
+		.opcode = opcode,
+		.flags = flags,
+		.serial = serial,
+		.n_fds = (uint16_t)n_fds,
+	};
+	int r;
+
+	if (c->dead)
+		return -ENOTCONN;
+	if (n_fds) {
+		struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, len } };
+		union {
+			char buf[CMSG_SPACE(sizeof(int) * FDS_MAX)];
+			struct cmsghdr align;
+		} ctl;
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2, .msg_control = ctl.buf,
+				     .msg_controllen = CMSG_SPACE(sizeof(int) * n_fds) };
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		ssize_t n;
+
+		if (c->out_len)
+			return -EBUSY;
+		memset(&ctl, 0, sizeof(ctl));
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
+		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0)
+			return -errno;
+		if ((size_t)n == h.size)
+			return 0;
+		/* The fds left with the first byte; queue the rest. */
+		if ((size_t)n < sizeof(h)) {
+			r = queue_out(c, (uint8_t *)&h + n, sizeof(h) - (size_t)n);
+			n = 0;
+		} else {
+			n -= (ssize_t)sizeof(h);
+			r = 0;
+		}
+		if (r >= 0)
+			r = queue_out(c, (const uint8_t *)payload + n, len - (size_t)n);
+		return r < 0 ? r : flush_out(c);
+	}
+	r = queue_out(c, &h, sizeof(h));
+	if (r >= 0 && len)
+		r = queue_out(c, payload, len);
+	return r < 0 ? r : flush_out(c);
+}
+
+static int reply(struct client *c, uint16_t opcode, uint32_t serial, const void *payload, size_t len)
+{
+	return send_msg(c, opcode, TQKV_MSG_REPLY, serial, payload, len, NULL, 0);
+}
+
+static int reply_error(struct client *c, uint16_t opcode, uint32_t serial, int error, const char *fmt, ...)
+{
+	struct {
+		struct tqkv_error e;
+		char text[256];
+	} m;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(m.text, sizeof(m.text), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof(m.text))
+		n = sizeof(m.text) - 1;
+	m.e.code = error < 0 ? -error : error;
+	m.e.length = (uint32_t)n;
+	c->server->stats.errors++;
+	return send_msg(c, opcode, TQKV_MSG_REPLY | TQKV_MSG_ERROR, serial, &m, sizeof(m.e) + (size_t)n, NULL, 0);
+}
+
+/* A protocol violation: one error reply, then the client is gone. */
+static void violation(struct client *c, uint16_t opcode, uint32_t serial, int error, const char *what)
+{
+	c->server->stats.violations++;
+	if (ratelimit_below(&c->rl))
+		log_warning("client %u (pid %d): protocol violation: %s", c->id, (int)c->pid, what);
+	reply_error(c, opcode, serial, error, "protocol violation: %s", what);
+	client_disconnect(c);
+}
+
+/* ---- sequences -------------------------------------------------------- */
+
+static uint64_t published_tokens(const struct sequence *q)
+{
+	return q->n_blocks * q->client->server->cfg->block_tokens;
+}
+
+static struct sequence *find_seq(struct client *c, uint32_t id)
+{
+	for (struct sequence *q = c->seqs; q; q = q->next)
+		if (q->id == id && !q->closed)
+			return q;
+	return NULL;
+}
+
+static void release_blocks(struct server *s, struct sequence *q)
+{
+	uint64_t bytes = q->client->model->block_bytes;
+
+	for (uint64_t b = 0; b < q->n_blocks; b++)
+		arena_release(s->arena, q->table[b], bytes);
+	s->blocks_live -= q->n_blocks;
+	s->bytes_blocks -= q->n_blocks * bytes;
+	s->stats.blocks_freed += q->n_blocks;
+}
+
+static void client_unref(struct client *c);
+
+/* Frees a closed sequence once no job uses it. */
+static void seq_finalize(struct sequence *q)
+{
+	struct client *c = q->client;
+	struct server *s = c->server;
+	struct sequence **pp;
+
+	if (q->job_in_flight)
+		return;
+	release_blocks(s, q);
+	arena_release(s->arena, q->table_offset, q->table_bytes);
+	arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
+	for (pp = &c->seqs; *pp != q; pp = &(*pp)->next)
+		;
+	*pp = q->next;
+	while (q->waiters) {
+		struct waiter *w = q->waiters;
+
+		q->waiters = w->next;
+		reply_error(c, TQKV_OP_SEQ_WAIT, w->serial, ECANCELED, "sequence %u closed", q->id);
+		free(w);
+	}
+	free(q);
+}
+
+static void seq_close(struct sequence *q)
+{
+	struct client *c = q->client;
+
+	if (q->closed)
+		return;
+	q->closed = true;
+	c->slots[q->slot] = NULL;
+	c->n_seqs--;
+	seq_finalize(q);
+}
+
+static void answer_waiters(struct sequence *q)
+{
+	struct waiter **pp = &q->waiters;
+	uint64_t published = published_tokens(q);
+	uint64_t reachable = q->committed / q->client->model->block_tokens * q->client->model->block_tokens;
+
+	while (*pp) {
+		struct waiter *w = *pp;
+
+		if (published >= w->n_tokens || published >= reachable) {
+			struct tqkv_seq_tokens_reply rep = { q->committed, published };
+
+			*pp = w->next;
+			reply(q->client, TQKV_OP_SEQ_WAIT, w->serial, &rep, sizeof(rep));
+			free(w);
+		} else {
+			pp = &w->next;
+		}
+	}
+}
+
+static void on_job_done(struct job *j, void *userdata)
+{
+	struct server *s = userdata;
+	struct sequence *q = j->owner;
+	struct client *c = q->client;
+
+	q->job_in_flight = false;
+	if (j->result == 0) {
+		q->n_blocks = j->block + 1;
+		s->blocks_live++;
+		s->bytes_blocks += c->model->block_bytes;
+		s->stats.blocks_compressed++;
+		s->stats.encode_nsec += j->encode_nsec;
+	} else {
+		arena_release(s->arena, j->record_offset, c->model->block_bytes);
+		s->stats.compress_failures++;
+		if (ratelimit_below(&s->rl))
+			log_error_errno(j->result, "client %u: failed to compress block %llu of sequence %u", c->id,
+					(unsigned long long)j->block, q->id);
+	}
+	if (q->closed) {
+		seq_finalize(q);
+	} else {
+		schedule(q);
+		answer_waiters(q);
+	}
+	client_unref(c);
+}
+
+/* Starts compressing the next full block of q, if any. */
+static void schedule(struct sequence *q)
+{
+	struct client *c = q->client;
+	struct server *s = c->server;
+	const struct model *m = c->model;
+	uint64_t off;
+	struct job *j = &q->job;
+
+	if (q->job_in_flight || q->closed || c->dead || (q->n_blocks + 1) * m->block_tokens > q->committed)
+		return;
+	if (arena_alloc(s->arena, m->block_bytes, &off) < 0) {
+		if (ratelimit_below(&s->rl))
+			log_warning("client %u: memory budget exhausted, block %llu of sequence %u waits", c->id,
+				    (unsigned long long)q->n_blocks, q->id);
+		return;
+	}
+	*j = (struct job){
+		.owner = q,
+		.model = m,
+		.staging_slot = c->staging + (uint64_t)q->slot * m->slot_bytes,
+		.staging_tokens = m->reg.staging_tokens,
+		.block = q->n_blocks,
+		.record = arena_ptr(s->arena, off),
+		.record_offset = off,
+		.desc = q->desc,
+		.table = q->table,
+		.seq_id = q->id,
+	};
+	q->job_in_flight = true;
+	c->refs++;
+	worker_submit(s->pool, j);
+}
+
+/* ---- requests ------------------------------------------------------- */
+
+static int do_hello(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	const struct tqkvd_config *cfg = c->server->cfg;
+	struct tqkv_hello req;
+	struct tqkv_hello_reply rep = {
+		.version = TQKV_PROTOCOL_VERSION,
+		.block_tokens = cfg->block_tokens,
+		.max_message_bytes = cfg->limits.max_message_bytes,
+		.max_fds_per_message = cfg->limits.max_fds_per_message,
+		.max_layers = cfg->limits.max_layers,
+		.max_kv_heads = cfg->limits.max_kv_heads,
+		.max_head_dim = cfg->limits.max_head_dim,
+		.max_sequences = cfg->limits.max_sequences_per_client,
+		.max_tokens_per_sequence = cfg->limits.max_tokens_per_sequence,
+	};
+
+	msg_read(rd, &req, sizeof(req));
+	if (req.version_min > TQKV_PROTOCOL_VERSION || req.version_max < TQKV_PROTOCOL_VERSION_MIN ||
+	    req.version_min > req.version_max) {
+		violation(c, h->opcode, h->serial, EPROTONOSUPPORT, "no common protocol version");
+		return -EPROTONOSUPPORT;
+	}
+	c->hello = true;
+	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
+}
+
+static int create_staging(struct client *c)
+{
+	const struct model *m = c->model;
+	uint64_t bytes = m->slot_bytes * m->reg.max_sequences;
+	int fd, r;
+
+	if (bytes > c->server->cfg->memory_budget)
+		return -E2BIG;
+	fd = memfd_create("tqkv-staging", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)bytes) < 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	/* Read-only here: the daemon never writes a client's staging. */
+	c->staging = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, 0);
+	if (c->staging == MAP_FAILED) {
+		c->staging = NULL;
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	c->staging_fd = fd;
+	c->staging_bytes = bytes;
+	c->server->staging_bytes += bytes;
+	return 0;
+}
+
+static int do_register(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	const struct tqkvd_config *cfg = c->server->cfg;
+	struct model_limits lim = {
+		.max_layers = cfg->limits.max_layers,
+		.max_kv_heads = cfg->limits.max_kv_heads,
+		.max_head_dim = cfg->limits.max_head_dim,
+		.max_sequences = cfg->limits.max_sequences_per_client,
+		.max_tokens_per_sequence = cfg->limits.max_tokens_per_sequence,
+		.block_tokens = cfg->block_tokens,
+	};
+	struct tqkv_register_model reg;
+	struct tqkv_layer_desc *layers;
+	char err[256];
+	int fds[2], r;
+
+	if (c->model)
+		return reply_error(c, h->opcode, h->serial, EALREADY, "a model is already registered");
+	msg_read(rd, &reg, sizeof(reg));
+	if (reg.n_layers == 0 || reg.n_layers > lim.max_layers ||
+	    msg_remaining(rd) != (size_t)reg.n_layers * sizeof(*layers)) {
+		violation(c, h->opcode, h->serial, EBADMSG, "REGISTER_MODEL size does not match n_layers");
+		return -EBADMSG;
+	}
+	layers = malloc((size_t)reg.n_layers * sizeof(*layers));
+	if (!layers)
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	msg_read(rd, layers, (size_t)reg.n_layers * sizeof(*layers));
+	r = model_new(&reg, layers, &lim, &c->model, err, sizeof(err));
+	free(layers);
+	if (r == -EINVAL)
+		return reply_error(c, h->opcode, h->serial, EINVAL, "invalid model: %s", err);
+	if (r < 0)
+		return reply_error(c, h->opcode, h->serial, -r, "cannot register model: %s", strerror(-r));
+	c->slots = calloc(reg.max_sequences, sizeof(*c->slots));
+	r = c->slots ? create_staging(c) : -ENOMEM;
+	if (r < 0) {
+		model_free(c->model);
+		c->model = NULL;
+		free(c->slots);
+		c->slots = NULL;
+		return reply_error(c, h->opcode, h->serial, -r, "cannot create staging for %u sequences: %s",
+				   reg.max_sequences, r == -E2BIG ? "larger than memory_budget" : strerror(-r));
+	}
+	{
+		struct tqkv_register_reply rep = {
+			.arena_bytes = arena_size(c->server->arena),
+			.staging_bytes = c->staging_bytes,
+			.staging_slot_bytes = c->model->slot_bytes,
+			.token_bytes = c->model->token_bytes,
+			.block_tokens = c->model->block_tokens,
+		};
+
+		fds[0] = arena_fd(c->server->arena);
+		fds[1] = c->staging_fd;
+		log_info("client %u (pid %d): registered model %016llx, %u layers, %u bytes per token", c->id,
+			 (int)c->pid, (unsigned long long)reg.fingerprint, reg.n_layers, c->model->token_bytes);
+		return send_msg(c, h->opcode, TQKV_MSG_REPLY, h->serial, &rep, sizeof(rep), fds, 2);
+	}
+}
+
+static int do_seq_open(struct client *c, const struct tqkv_msg_header *h)
+{
+	struct server *s = c->server;
+	const struct model *m = c->model;
+	uint32_t max_blocks = s->cfg->limits.max_tokens_per_sequence / m->block_tokens;
+	struct tqkv_seq_open_reply rep;
+	struct sequence *q;
+	uint32_t slot;
+
+	for (slot = 0; slot < m->reg.max_sequences && c->slots[slot]; slot++)
+		;
+	if (slot == m->reg.max_sequences)
+		return reply_error(c, h->opcode, h->serial, EMFILE, "all %u sequence slots are open",
+				   m->reg.max_sequences);
+	q = calloc(1, sizeof(*q));
+	if (!q)
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	q->table_bytes = (uint64_t)max_blocks * sizeof(uint64_t);
+	if (arena_alloc(s->arena, sizeof(struct tqkv_seq_desc), &q->desc_offset) < 0) {
+		free(q);
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "memory budget exhausted");
+	}
+	if (arena_alloc(s->arena, q->table_bytes, &q->table_offset) < 0) {
+		arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
+		free(q);
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "memory budget exhausted");
+	}
+	q->client = c;
+	q->id = ++s->next_seq_id;
+	q->slot = slot;
+	q->desc = arena_ptr(s->arena, q->desc_offset);
+	q->table = arena_ptr(s->arena, q->table_offset);
+	*q->desc = (struct tqkv_seq_desc){
+		.block_table_offset = q->table_offset,
+		.max_blocks = max_blocks,
+		.block_tokens = m->block_tokens,
+		.seq_id = q->id,
+	};
+	q->next = c->seqs;
+	c->seqs = q;
+	c->slots[slot] = q;
+	c->n_seqs++;
+	s->stats.sequences_total++;
+	rep = (struct tqkv_seq_open_reply){ .seq_id = q->id, .slot = slot, .desc_offset = q->desc_offset };
+	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
+}
+
+static int do_seq_tokens(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	const struct model *m = c->model;
+	struct tqkv_seq_tokens req;
+	struct tqkv_seq_tokens_reply rep;
+	struct sequence *q;
+
+	msg_read(rd, &req, sizeof(req));
+	q = find_seq(c, req.seq_id);
+	if (!q)
+		return reply_error(c, h->opcode, h->serial, ENOENT, "no open sequence %u", req.seq_id);
+	if (h->opcode == TQKV_OP_SEQ_COMMIT) {
+		if (req.n_tokens < q->committed)
+			return reply_error(c, h->opcode, h->serial, EINVAL, "commit of %u tokens is below %llu already committed",
+					   req.n_tokens, (unsigned long long)q->committed);
+		if (req.n_tokens > c->server->cfg->limits.max_tokens_per_sequence)
+			return reply_error(c, h->opcode, h->serial, EFBIG, "sequence limit is %u tokens",
+					   c->server->cfg->limits.max_tokens_per_sequence);
+		if (req.n_tokens - published_tokens(q) > m->reg.staging_tokens)
+			return reply_error(c, h->opcode, h->serial, EAGAIN,
+					   "staging holds %u tokens; %llu are published, wait before committing %u",
+					   m->reg.staging_tokens, (unsigned long long)published_tokens(q), req.n_tokens);
+		q->committed = req.n_tokens;
+		schedule(q);
+	} else {
+		struct waiter *w = calloc(1, sizeof(*w));
+
+		if (!w)
+			return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+		w->serial = h->serial;
+		w->n_tokens = req.n_tokens;
+		w->next = q->waiters;
+		q->waiters = w;
+		answer_waiters(q);
+		return 0;
+	}
+	rep = (struct tqkv_seq_tokens_reply){ q->committed, published_tokens(q) };
+	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
+}
+
+static int do_seq_close(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	struct tqkv_seq_close req;
+	struct sequence *q;
+
+	msg_read(rd, &req, sizeof(req));
+	q = find_seq(c, req.seq_id);
+	if (!q)
+		return reply_error(c, h->opcode, h->serial, ENOENT, "no open sequence %u", req.seq_id);
+	seq_close(q);
+	return reply(c, h->opcode, h->serial, NULL, 0);
+}
+
+/* INFO-style text: "# Section" headers and key:value lines. */
+static int do_stats(struct client *c, const struct tqkv_msg_header *h)
+{
+	struct server *s = c->server;
+	uint64_t sequences = 0, tail = 0, fp16_bytes = 0;
+	char buf[4096];
+	int n;
+
+	for (struct client *k = s->clients; k; k = k->next)
+		for (struct sequence *q = k->seqs; q; q = q->next) {
+			if (q->closed)
+				continue;
+			sequences++;
+			tail += q->committed - published_tokens(q);
+			fp16_bytes += published_tokens(q) * k->model->token_bytes;
+		}
+	n = snprintf(buf, sizeof(buf),
+		     "# Server\n"
+		     "version:%s\nprotocol_version:%u\npid:%d\nuptime_sec:%llu\nblock_tokens:%u\n"
+		     "# Clients\n"
+		     "clients:%u\nclients_total:%llu\n"
+		     "# Memory\n"
+		     "memory_budget_bytes:%llu\narena_bytes_used:%llu\nstaging_bytes:%llu\n"
+		     "# Sequences\n"
+		     "sequences:%llu\nsequences_total:%llu\ntail_tokens:%llu\n"
+		     "# Blocks\n"
+		     "blocks_compressed:%llu\nblocks_live:%llu\nblocks_freed:%llu\n"
+		     "bytes_compressed:%llu\nbytes_fp16_equivalent:%llu\ncompression_ratio:%.3f\n"
+		     "# Worker\n"
+		     "worker_threads:%u\nworker_queue_depth:%u\ncompress_usec_total:%llu\ncompress_failures:%llu\n"
+		     "# Requests\n"
+		     "requests_total:%llu\nerrors_total:%llu\nprotocol_violations_total:%llu\n",
+		     TQKV_VERSION, TQKV_PROTOCOL_VERSION, (int)getpid(),
+		     (unsigned long long)((now_usec() - s->start_usec) / 1000000u), s->cfg->block_tokens,
+		     s->n_clients, (unsigned long long)s->stats.clients_total,
+		     (unsigned long long)s->cfg->memory_budget, (unsigned long long)arena_bytes_used(s->arena),
+		     (unsigned long long)s->staging_bytes,
+		     (unsigned long long)sequences, (unsigned long long)s->stats.sequences_total,
+		     (unsigned long long)tail,
+		     (unsigned long long)s->stats.blocks_compressed, (unsigned long long)s->blocks_live,
+		     (unsigned long long)s->stats.blocks_freed, (unsigned long long)s->bytes_blocks,
+		     (unsigned long long)fp16_bytes, s->bytes_blocks ? (double)fp16_bytes / (double)s->bytes_blocks : 0.0,
+		     s->cfg->worker_threads, worker_queue_depth(s->pool),
+		     (unsigned long long)(s->stats.encode_nsec / 1000u), (unsigned long long)s->stats.compress_failures,
+		     (unsigned long long)s->stats.requests, (unsigned long long)s->stats.errors,
+		     (unsigned long long)s->stats.violations);
+	return reply(c, h->opcode, h->serial, buf, n < 0 ? 0 : (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+/* Validation in STYLE.md's order, then dispatch.  Returns < 0 when the
+ * client is gone. */
+static int dispatch(struct client *c, const struct tqkv_msg_header *h, const uint8_t *payload)
+{
+	struct msg_reader rd = { payload, h->size - sizeof(*h), 0 };
+	const struct msg_spec *spec;
+	int r;
+
+	c->server->stats.requests++;
+	r = msg_check_request(h, c->server->cfg->limits.max_message_bytes);
+	if (r < 0) {
+		violation(c, h->opcode, h->serial, -r,
+			  r == -EOPNOTSUPP ? "unknown opcode" : r == -EPROTO ? "unexpected file descriptors"
+											     : "malformed message");
+		return r;
+	}
+	spec = msg_spec_of(h->opcode);
+	if (!c->hello && h->opcode != TQKV_OP_HELLO) {
+		violation(c, h->opcode, h->serial, EPROTO, "HELLO must come first");
+		return -EPROTO;
+	}
+	if (c->hello && h->opcode == TQKV_OP_HELLO) {
+		violation(c, h->opcode, h->serial, EPROTO, "second HELLO");
+		return -EPROTO;
+	}
+	if (spec->needs_model && !c->model)
+		return reply_error(c, h->opcode, h->serial, ENOENT, "%s needs a registered model", spec->name);
+
+	switch (h->opcode) {
+	case TQKV_OP_HELLO:
+		return do_hello(c, h, &rd);
+	case TQKV_OP_REGISTER_MODEL:
+		return do_register(c, h, &rd);
+	case TQKV_OP_SEQ_OPEN:
+		return do_seq_open(c, h);
+	case TQKV_OP_SEQ_COMMIT:
+	case TQKV_OP_SEQ_WAIT:
+		return do_seq_tokens(c, h, &rd);
+	case TQKV_OP_SEQ_CLOSE:
+		return do_seq_close(c, h, &rd);
+	case TQKV_OP_STATS:
+		return do_stats(c, h);
+	default:
+		return reply(c, h->opcode, h->serial, NULL, 0);  /* PING */
+	}
+}
+
+/* ---- connections ---------------------------------------------------- */
+
+static void close_fds(const struct msghdr *mh)
+{
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR((struct msghdr *)mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			int fds[FDS_MAX];
+
+			memcpy(fds, CMSG_DATA(cm), n * sizeof(int));
+			for (size_t i = 0; i < n && i < FDS_MAX; i++)
+				close(fds[i]);
+		}
+}
+
+static void on_client_event(uv_poll_t *p, int status, int events)
+{
+	struct client *c = p->data;
+	size_t cap = c->server->cfg->limits.max_message_bytes;
+
+	if (status < 0) {
+		client_disconnect(c);
+		return;
+	}
+	if (events & UV_WRITABLE) {
+		if (flush_out(c) < 0) {
+			client_disconnect(c);
+			return;
+		}
+	}
+	if (!(events & UV_READABLE))
+		return;
+	for (;;) {
+		union {
+			char buf[CMSG_SPACE(sizeof(int) * FDS_MAX)];
+			struct cmsghdr align;
+		} ctl;
+		struct iovec iov = { c->in + c->in_len, cap - c->in_len };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+				     .msg_controllen = sizeof(ctl.buf) };
+		ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			client_disconnect(c);
+			return;
+		}
+		if (mh.msg_controllen || (mh.msg_flags & MSG_CTRUNC)) {
+			/* Requests never carry fds: close whatever came. */
+			close_fds(&mh);
+			violation(c, 0, 0, EPROTO, "unexpected file descriptors");
+			return;
+		}
+		c->in_len += (size_t)n;
+		while (c->in_len >= sizeof(struct tqkv_msg_header)) {
+			struct tqkv_msg_header h;
+
+			memcpy(&h, c->in, sizeof(h));
+			if (h.size < sizeof(h) || h.size > cap) {
+				violation(c, h.opcode, h.serial, h.size > cap ? EMSGSIZE : EBADMSG,
+					  h.size > cap ? "message larger than max_message_bytes" : "message size below header");
+				return;
+			}
+			if (c->in_len < h.size)
+				break;
+			if (dispatch(c, &h, c->in + sizeof(h)) < 0 && c->dead)
+				return;
+			if (c->dead)
+				return;
+			memmove(c->in, c->in + h.size, c->in_len - h.size);
+			c->in_len -= h.size;
+		}
+	}
+}
+
+static void client_free(struct client *c)
+{
+	if (c->staging)
+		munmap(c->staging, c->staging_bytes);
+	if (c->staging_fd >= 0)
+		close(c->staging_fd);
+	c->server->staging_bytes -= c->staging_bytes;
+	model_free(c->model);
+	free(c->slots);
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+static void on_client_closed(uv_handle_t *h)
+{
+	client_unref(h->data);
+}
+
+static void client_unref(struct client *c)
+{
+	if (--c->refs == 0)
+		client_free(c);
+}
+
+static void client_disconnect(struct client *c)
+{
+	struct server *s = c->server;
+	struct client **pp;
+
+	if (c->dead)
+		return;
+	c->dead = true;
+	for (struct sequence *q = c->seqs, *next; q; q = next) {
+		next = q->next;  /* seq_close() may free q */
+		seq_close(q);
+	}
+	for (pp = &s->clients; *pp != c; pp = &(*pp)->next)
+		;
+	*pp = c->next;
+	s->n_clients--;
+	log_debug("client %u (pid %d): disconnected", c->id, (int)c->pid);
+	uv_poll_stop(&c->poll);
+	close(c->fd);
+	c->fd = -1;
+	/* The poll handle's close callback drops the client's own ref. */
+	uv_close((uv_handle_t *)&c->poll, on_client_closed);
+}
+
+static void on_listen_event(uv_poll_t *p, int status, int events)
+{
+	struct server *s = p->data;
+
+	if (status < 0)
+		return;
+	for (;;) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		struct client *c;
+		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != ECONNABORTED && ratelimit_below(&s->rl))
+				log_warning_errno(errno, "Failed to accept connection");
+			return;
+		}
+		if (s->n_clients >= s->cfg->limits.max_clients) {
+			if (ratelimit_below(&s->rl))
+				log_warning("refusing connection: max_clients (%u) reached", s->cfg->limits.max_clients);
+			close(fd);
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (c)
+			c->in = malloc(s->cfg->limits.max_message_bytes);
+		if (!c || !c->in || uv_poll_init(s->loop, &c->poll, fd) < 0) {
+			if (c)
+				free(c->in);
+			free(c);
+			close(fd);
+			continue;
+		}
+		c->server = s;
+		c->fd = fd;
+		c->staging_fd = -1;
+		c->refs = 1;
+		c->id = ++s->next_client_id;
+		c->rl = RATELIMIT_INIT(10u * 1000000u, 10);
+		c->poll.data = c;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+			c->pid = cred.pid;
+			c->uid = cred.uid;
+		}
+		c->next = s->clients;
+		s->clients = c;
+		s->n_clients++;
+		s->stats.clients_total++;
+		uv_poll_start(&c->poll, UV_READABLE, on_client_event);
+		log_debug("client %u (pid %d, uid %u): connected", c->id, (int)c->pid, (unsigned)c->uid);
+	}
+}
+
+int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, struct server **ret)
+{
+	struct server *s = calloc(1, sizeof(*s));
+	int r;
+
+	if (!s) {
+		close(listen_fd);
+		return -ENOMEM;
+	}
+	s->loop = loop;
+	s->cfg = cfg;
+	s->listen_fd = listen_fd;
+	s->start_usec = now_usec();
+	s->rl = RATELIMIT_INIT(10u * 1000000u, 20);
+	fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
+	r = arena_new(cfg->memory_budget, &s->arena);
+	if (r < 0) {
+		log_error_errno(r, "Failed to create the arena (%llu bytes)", (unsigned long long)cfg->memory_budget);
+		goto fail;
+	}
+	r = worker_pool_new(loop, cfg->worker_threads, on_job_done, s, &s->pool);
+	if (r < 0) {
+		log_error_errno(r, "Failed to start %u worker threads", cfg->worker_threads);
+		goto fail;
+	}
+	r = uv_poll_init(loop, &s->listen_poll, listen_fd);
+	if (r < 0)
+		goto fail;
+	s->listen_poll.data = s;
+	uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_event);
+	*ret = s;
+	return 0;
+fail:
+	arena_free(s->arena);
+	close(listen_fd);
+	free(s);
+	return r;
+}
+
+void server_stop(struct server *s)
+{
+	while (s->clients)
+		client_disconnect(s->clients);
+	worker_pool_free(s->pool);  /* finishes the jobs in flight */
+	s->pool = NULL;
+	uv_poll_stop(&s->listen_poll);
+	uv_close((uv_handle_t *)&s->listen_poll, NULL);
+}
+
+void server_free(struct server *s)
+{
+	if (!s)
+		return;
+	close(s->listen_fd);
+	arena_free(s->arena);
+	free(s);
+}

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/* The daemon's event loop side: clients, requests, sequences, stats. */
+#ifndef TQKVD_SERVER_H
+#define TQKVD_SERVER_H
+
+#include <uv.h>
+
+#include "config.h"
+
+struct server;
+
+/* Takes ownership of listen_fd (a listening AF_UNIX stream socket). */
+int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, struct server **ret);
+/* Disconnects every client, stops the workers, closes the handles; run the
+ * loop afterwards so libuv can finish closing, then call server_free(). */
+void server_stop(struct server *s);
+void server_free(struct server *s);
+
+#endif

@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libtqkv: the client library engines link to keep their KV cache in tqkvd.
+ *
+ * An engine connects, registers its model (layers, KV heads, head_dim, codec
+ * policy), opens sequences, writes the FP16 K/V rows of new tokens into the
+ * sequence's tail in its staging memory and commits them.  The daemon's
+ * worker compresses every full block into pages in the shared arena, which
+ * this library maps read-only; a layer view gives the published pages and
+ * the FP16 tail for attention.
+ *
+ * Errors are negative errno values; tqkv_client_error() has the daemon's
+ * message for the last failed request.  The library never logs.
+ *
+ * Thread safety: a struct tqkv_client and its sequences may be used by one
+ * thread at a time (serialise requests yourself); views and codecs are
+ * read-only and may be used from any thread while the sequence is open.
+ */
+#ifndef TQKV_CLIENT_H
+#define TQKV_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tqkv/codec.h>
+#include <tqkv/export.h>
+#include <tqkv/protocol.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct tqkv_client;
+struct tqkv_seq;
+
+/* What a client registers: one tqkv_layer_desc per layer. */
+struct tqkv_model {
+	uint64_t fingerprint;      /* identifies the model; seeds the rotations */
+	uint32_t n_layers;
+	const struct tqkv_layer_desc *layers;
+	uint32_t staging_tokens;   /* FP16 tail capacity per sequence: a multiple of the
+				    * block size, at least two blocks (0: four blocks) */
+	uint32_t max_sequences;    /* sequences open at once (0: 16) */
+};
+
+/*
+ * Connects to tqkvd at socket_path, or if NULL at $TQKV_SOCKET, or the
+ * default ($XDG_RUNTIME_DIR/tqkv/tqkvd.sock, /run/tqkv/tqkvd.sock as root),
+ * and negotiates the protocol version.
+ */
+TQKV_EXPORT int tqkv_client_connect(const char *socket_path, struct tqkv_client **ret);
+/* Closes the connection; the daemon then releases this client's sequences.
+ * Accepts NULL. */
+TQKV_EXPORT void tqkv_client_free(struct tqkv_client *c);
+
+/* The daemon's message for the last failed request ("" if none). */
+TQKV_EXPORT const char *tqkv_client_error(const struct tqkv_client *c);
+/* Tokens per block of this daemon. */
+TQKV_EXPORT uint32_t tqkv_client_block_tokens(const struct tqkv_client *c);
+
+TQKV_EXPORT int tqkv_client_ping(struct tqkv_client *c);
+/* The daemon's stats as INFO text ("# Section", "key:value" lines); free() it. */
+TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text);
+
+/* Registers the model (once per connection) and maps the shared memory. */
+TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct tqkv_model *m);
+
+TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret);
+/* Closes the sequence and frees it; accepts NULL. */
+TQKV_EXPORT int tqkv_seq_close(struct tqkv_seq *s);
+TQKV_EXPORT uint32_t tqkv_seq_id(const struct tqkv_seq *s);
+
+/*
+ * Writes the K and V rows of one token for one layer into the tail: k and v
+ * each hold n_kv_heads * head_dim IEEE halves (head after head).  Tokens are
+ * written in any order but committed in order.  Returns -EAGAIN when the tail
+ * is full (the token is a whole staging capacity ahead of what is published:
+ * wait with tqkv_seq_wait()), -EINVAL for a committed token or a layer that
+ * reuses another layer's KV.
+ */
+TQKV_EXPORT int tqkv_seq_write(struct tqkv_seq *s, uint64_t token, uint32_t layer, const uint16_t *k,
+			       const uint16_t *v);
+
+/* Tells the daemon that tokens [0, n_tokens) are written for every layer. */
+TQKV_EXPORT int tqkv_seq_commit(struct tqkv_seq *s, uint64_t n_tokens);
+/* Waits until n_tokens are published, or every full committed block is. */
+TQKV_EXPORT int tqkv_seq_wait(struct tqkv_seq *s, uint64_t n_tokens);
+TQKV_EXPORT uint64_t tqkv_seq_committed(const struct tqkv_seq *s);
+/* Tokens in compressed blocks (acquire load of the shared block count). */
+TQKV_EXPORT uint64_t tqkv_seq_published(const struct tqkv_seq *s);
+
+/* A read-only view of one layer of a sequence: published blocks, then the
+ * FP16 tail.  It stays valid while the sequence is open. */
+struct tqkv_layer_view {
+	uint32_t layer;           /* the layer whose KV this is (after kv_source) */
+	uint32_t n_kv_heads, head_dim;
+	uint32_t block_tokens;
+	uint64_t n_blocks;        /* published blocks in this view */
+	uint64_t n_tokens;        /* n_blocks * block_tokens + tail tokens */
+	const uint8_t *arena;
+	uint64_t arena_bytes;
+	const uint64_t *block_table;
+	const uint8_t *tail;      /* staging ring of the sequence */
+	uint32_t token_bytes;
+	uint32_t staging_tokens;
+	uint32_t row_offset[2];   /* K and V rows of this layer in a token row */
+	uint32_t page_index;
+	const struct tqkv_codec *const *codecs;  /* [head * 2 + stream] */
+};
+
+TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_layer_view *ret);
+/* The page of (block, head, stream) and its size; NULL if out of range. */
+TQKV_EXPORT const void *tqkv_view_page(const struct tqkv_layer_view *v, uint64_t block, uint32_t head,
+				       unsigned stream, size_t *ret_size);
+/* The FP16 row of a tail token (n_blocks * block_tokens <= token < n_tokens). */
+TQKV_EXPORT const uint16_t *tqkv_view_tail_row(const struct tqkv_layer_view *v, uint64_t token, uint32_t head,
+					       unsigned stream);
+
+/* Decodes tokens [first, first + n) of (layer, head, stream) to floats,
+ * from pages or tail as they lie. */
+TQKV_EXPORT int tqkv_seq_read(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,
+			      uint32_t n, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

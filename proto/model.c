@@ -1,0 +1,152 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return -EINVAL;
+}
+
+static uint64_t align64(uint64_t v)
+{
+	return (v + 63) & ~(uint64_t)63;
+}
+
+static int validate(const struct tqkv_register_model *reg, const struct tqkv_layer_desc *layers,
+		    const struct model_limits *lim, char *err, size_t errlen)
+{
+	if (reg->n_layers == 0 || reg->n_layers > lim->max_layers)
+		return fail(err, errlen, "n_layers %u out of range 1..%u", reg->n_layers, lim->max_layers);
+	if (reg->max_sequences == 0 || reg->max_sequences > lim->max_sequences)
+		return fail(err, errlen, "max_sequences %u out of range 1..%u", reg->max_sequences,
+			    lim->max_sequences);
+	if (reg->staging_tokens < 2 * lim->block_tokens || reg->staging_tokens > lim->max_tokens_per_sequence ||
+	    reg->staging_tokens % lim->block_tokens)
+		return fail(err, errlen, "staging_tokens %u must be a multiple of the block size %u, at least two blocks",
+			    reg->staging_tokens, lim->block_tokens);
+	if (reg->reserved)
+		return fail(err, errlen, "reserved field not zero");
+	for (uint32_t i = 0; i < reg->n_layers; i++) {
+		const struct tqkv_layer_desc *l = &layers[i];
+
+		if (l->kv_source >= 0) {
+			if ((uint32_t)l->kv_source >= i || layers[l->kv_source].kv_source >= 0)
+				return fail(err, errlen, "layer %u: kv_source %d must be an earlier layer that stores its own KV",
+					    i, l->kv_source);
+			continue;
+		}
+		if (l->kv_source != -1)
+			return fail(err, errlen, "layer %u: kv_source %d invalid", i, l->kv_source);
+		if (l->n_kv_heads == 0 || l->n_kv_heads > lim->max_kv_heads)
+			return fail(err, errlen, "layer %u: n_kv_heads %u out of range 1..%u", i, l->n_kv_heads,
+				    lim->max_kv_heads);
+		if (l->head_dim == 0 || l->head_dim > lim->max_head_dim)
+			return fail(err, errlen, "layer %u: head_dim %u out of range 1..%u", i, l->head_dim,
+				    lim->max_head_dim);
+		if (l->k_kind >= TQKV_KIND_MAX || l->v_kind >= TQKV_KIND_MAX)
+			return fail(err, errlen, "layer %u: unknown codec kind", i);
+		if (l->flags || l->reserved[0] || l->reserved[1] || l->reserved[2])
+			return fail(err, errlen, "layer %u: unknown flags or reserved bytes set", i);
+	}
+	return 0;
+}
+
+void model_free(struct model *m)
+{
+	if (!m)
+		return;
+	for (uint32_t i = 0; m->layers && i < m->reg.n_layers; i++) {
+		struct model_layer *l = &m->layers[i];
+
+		for (uint32_t k = 0; l->codecs && k < 2u * l->desc.n_kv_heads; k++)
+			tqkv_codec_free(l->codecs[k]);
+		free(l->codecs);
+	}
+	free(m->layers);
+	free(m);
+}
+
+static int build_layer(struct model *m, uint32_t i, const struct tqkv_layer_desc *d)
+{
+	struct model_layer *l = &m->layers[i];
+
+	l->desc = *d;
+	if (d->kv_source >= 0)
+		return 0;
+	l->codecs = calloc(2u * d->n_kv_heads, sizeof(*l->codecs));
+	if (!l->codecs)
+		return -ENOMEM;
+	for (uint32_t h = 0; h < d->n_kv_heads; h++)
+		for (unsigned s = 0; s < 2; s++) {
+			struct tqkv_codec_params p = {
+				.model_seed = m->reg.fingerprint,
+				.layer = i,
+				.kv_head = h,
+				.stream = s ? TQKV_STREAM_V : TQKV_STREAM_K,
+				.head_dim = d->head_dim,
+				.kind = s ? d->v_kind : d->k_kind,
+			};
+			int r = tqkv_codec_new(&p, &l->codecs[h * 2 + s]);
+
+			if (r < 0)
+				return r;
+			l->page_bytes[s] = (uint32_t)tqkv_page_size(l->codecs[h * 2 + s], m->block_tokens);
+		}
+	return 0;
+}
+
+int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_desc *layers,
+	      const struct model_limits *limits, struct model **ret, char *err, size_t errlen)
+{
+	struct model *m;
+	uint64_t row = 0, pages_bytes = 0;
+	int r;
+
+	r = validate(reg, layers, limits, err, errlen);
+	if (r < 0)
+		return r;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->reg = *reg;
+	m->block_tokens = limits->block_tokens;
+	m->layers = calloc(reg->n_layers, sizeof(*m->layers));
+	if (!m->layers) {
+		model_free(m);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < reg->n_layers; i++) {
+		struct model_layer *l = &m->layers[i];
+
+		r = build_layer(m, i, &layers[i]);
+		if (r < 0) {
+			model_free(m);
+			return r;
+		}
+		l->row_offset = (uint32_t)row;
+		l->page_index = m->n_pages;
+		if (layers[i].kv_source >= 0)
+			continue;
+		row += 2ull * l->desc.n_kv_heads * l->desc.head_dim * 2u;
+		m->n_pages += 2u * l->desc.n_kv_heads;
+		pages_bytes += (uint64_t)l->desc.n_kv_heads * (l->page_bytes[0] + l->page_bytes[1]);
+	}
+	/* The limits keep these far below 2^32 (256 layers x 128 heads x 512). */
+	m->token_bytes = (uint32_t)row;
+	m->block_bytes = align64(MODEL_PAGE_TABLE_OFFSET + (uint64_t)m->n_pages * 8) + pages_bytes;
+	m->slot_bytes = align64((uint64_t)reg->staging_tokens * m->token_bytes);
+	*ret = m;
+	return 0;
+}

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A registered model as both sides see it: the validated layer descriptors,
+ * one codec per (layer, kv head, K/V), the staging row layout and the block
+ * record layout.  Computed identically by the daemon and libtqkv from the
+ * REGISTER_MODEL message, so neither trusts the other's arithmetic.
+ */
+#ifndef TQKV_PROTO_MODEL_H
+#define TQKV_PROTO_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tqkv/codec.h>
+#include <tqkv/protocol.h>
+
+/* Limits a model is validated against (the daemon's configuration). */
+struct model_limits {
+	uint32_t max_layers;
+	uint32_t max_kv_heads;
+	uint32_t max_head_dim;
+	uint32_t max_sequences;
+	uint32_t max_tokens_per_sequence;
+	uint32_t block_tokens;
+};
+
+struct model_layer {
+	struct tqkv_layer_desc desc;
+	uint32_t row_offset;     /* bytes into a staging token row: K rows, then V rows */
+	uint32_t page_index;     /* first of this layer's 2 * n_kv_heads pages in a block */
+	uint32_t page_bytes[2];  /* K and V page sizes for one block */
+	struct tqkv_codec **codecs;  /* [head * 2 + stream], NULL when the layer reuses KV */
+};
+
+struct model {
+	struct tqkv_register_model reg;
+	uint32_t block_tokens;
+	uint32_t token_bytes;        /* one token's K and V rows of every stored layer */
+	uint32_t n_pages;            /* pages per block */
+	uint64_t block_bytes;        /* block record size */
+	uint64_t slot_bytes;         /* staging bytes per sequence */
+	struct model_layer *layers;
+};
+
+/*
+ * Validates a REGISTER_MODEL payload (header + layers) against limits and
+ * builds the model.  Returns 0, -EINVAL with a message in err (e.g.
+ * "layer 3: head_dim 0 out of range 1..512"), or -ENOMEM.
+ */
+int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_desc *layers,
+	      const struct model_limits *limits, struct model **ret, char *err, size_t errlen);
+void model_free(struct model *m);
+
+/* Byte offset of the K (stream 0) or V row of (layer, head) in a token row. */
+static inline uint32_t model_row_offset(const struct model *m, uint32_t layer, uint32_t head, unsigned stream)
+{
+	const struct model_layer *l = &m->layers[layer];
+
+	return l->row_offset + (stream * l->desc.n_kv_heads + head) * l->desc.head_dim * 2u;
+}
+
+/* Index of a page in a block's page table. */
+static inline uint32_t model_page_index(const struct model *m, uint32_t layer, uint32_t head, unsigned stream)
+{
+	return m->layers[layer].page_index + head * 2u + stream;
+}
+
+/* Offset of the page table inside a block record. */
+#define MODEL_PAGE_TABLE_OFFSET ((uint32_t)sizeof(struct tqkv_block_header))
+
+#endif

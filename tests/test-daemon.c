@@ -1,0 +1,271 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tqkvd end to end: a real daemon process, client processes using libtqkv,
+ * real sockets and memfds.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <math.h>
+#include <sys/mman.h>
+
+#include "daemon-harness.h"
+#include "rotation.h"
+
+#define N_LAYERS 3
+#define HEADS 2
+#define HEAD_DIM 64
+
+/* Layer 0 tq4/tq3, layer 1 reuses layer 0's KV, layer 2 int8/fp16. */
+static const struct tqkv_layer_desc test_layers[N_LAYERS] = {
+	{ .n_kv_heads = HEADS, .head_dim = HEAD_DIM, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ3 },
+	{ .kv_source = 0 },
+	{ .n_kv_heads = HEADS, .head_dim = HEAD_DIM, .kv_source = -1, .k_kind = TQKV_KIND_INT8, .v_kind = TQKV_KIND_FP16 },
+};
+
+static const struct tqkv_model test_model = {
+	.fingerprint = 0x7e57c0de,
+	.n_layers = N_LAYERS,
+	.layers = test_layers,
+	.staging_tokens = 128,
+	.max_sequences = 4,
+};
+
+/* Deterministic fp16 rows of (seed, token, layer, stream): both the writer
+ * and the checker can regenerate them. */
+static void token_rows(uint64_t seed, uint64_t token, uint32_t layer, unsigned stream, uint16_t *out)
+{
+	float f[HEADS * HEAD_DIM];
+
+	gaussian_fill(seed ^ (token * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)layer << 48) ^ ((uint64_t)stream << 56), f,
+		      HEADS * HEAD_DIM);
+	for (unsigned i = 0; i < HEADS * HEAD_DIM; i++)
+		out[i] = tqkv_f32_to_f16(f[i] * (1.0f + (float)(i % HEAD_DIM) / 8));
+}
+
+/* Appends n tokens to s, committing every chunk and waiting when the tail
+ * is full, as an engine would. */
+static void append_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t n)
+{
+	for (uint64_t t = from; t < from + n; t++) {
+		for (uint32_t l = 0; l < N_LAYERS; l++) {
+			uint16_t k[HEADS * HEAD_DIM], v[HEADS * HEAD_DIM];
+			int r;
+
+			if (test_layers[l].kv_source >= 0)
+				continue;
+			token_rows(seed, t, l, 0, k);
+			token_rows(seed, t, l, 1, v);
+			while ((r = tqkv_seq_write(s, t, l, k, v)) == -EAGAIN) {
+				cr_assert_eq(tqkv_seq_commit(s, t), 0);
+				cr_assert_eq(tqkv_seq_wait(s, t + 1 - 128), 0);  /* t >= 128 here */
+			}
+			cr_assert_eq(r, 0, "write token %llu layer %u: %d", (unsigned long long)t, l, r);
+		}
+		if ((t + 1) % 16 == 0)
+			cr_assert_eq(tqkv_seq_commit(s, t + 1), 0);
+	}
+	cr_assert_eq(tqkv_seq_commit(s, from + n), 0);
+}
+
+/* What the daemon must have stored: the codec's own encode -> decode of the
+ * same rows for published tokens, the exact rows for the tail. */
+static void check_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t n)
+{
+	uint64_t published = tqkv_seq_published(s);
+
+	for (uint32_t l = 0; l < N_LAYERS; l++) {
+		uint32_t src = test_layers[l].kv_source >= 0 ? (uint32_t)test_layers[l].kv_source : l;
+		struct tqkv_layer_view v;
+
+		cr_assert_eq(tqkv_seq_view(s, l, &v), 0);
+		cr_assert_eq(v.layer, src);
+		for (uint32_t h = 0; h < HEADS; h++)
+			for (unsigned st = 0; st < 2; st++) {
+				float *got = malloc(sizeof(float) * n * HEAD_DIM);
+				const struct tqkv_codec *codec = v.codecs[h * 2 + st];
+
+				cr_assert_eq(tqkv_seq_read(s, l, h, st, 0, (uint32_t)n, got), 0);
+				for (uint64_t b = 0; b * 64 < n; b++) {
+					uint16_t rows[64][HEADS * HEAD_DIM];
+					float want[64 * HEAD_DIM];
+					size_t size = tqkv_page_size(codec, 64);
+					void *page = malloc(size);
+					uint64_t cnt = n - b * 64 < 64 ? n - b * 64 : 64;
+
+					for (uint64_t t = 0; t < 64; t++)
+						token_rows(seed, b * 64 + t, src, st, rows[t]);
+					if ((b + 1) * 64 <= published) {
+						cr_assert_eq(tqkv_page_encode_f16(codec, &rows[0][h * HEAD_DIM], HEADS * HEAD_DIM, 64,
+										  NULL, page, size), 0);
+						cr_assert_eq(tqkv_page_decode_f32(codec, page, size, 0, 64, NULL, want, HEAD_DIM), 0);
+					} else {
+						for (uint64_t t = 0; t < cnt; t++)
+							for (unsigned j = 0; j < HEAD_DIM; j++)
+								want[t * HEAD_DIM + j] = tqkv_f16_to_f32(rows[t][h * HEAD_DIM + j]);
+					}
+					cr_assert_eq(memcmp(want, got + b * 64 * HEAD_DIM, sizeof(float) * cnt * HEAD_DIM), 0,
+						     "layer %u head %u stream %u block %llu differs", l, h, st,
+						     (unsigned long long)b);
+					free(page);
+				}
+				free(got);
+			}
+	}
+}
+
+static void client_process(const char *socket, uint64_t seed, uint64_t n_tokens)
+{
+	struct tqkv_client *c;
+	struct tqkv_seq *s[2];
+
+	cr_assert_eq(tqkv_client_connect(socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &test_model), 0, "%s", tqkv_client_error(c));
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(tqkv_seq_open(c, &s[i]), 0);
+		append_tokens(s[i], seed + (uint64_t)i, 0, n_tokens);
+	}
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(tqkv_seq_wait(s[i], n_tokens), 0);
+		cr_assert_eq(tqkv_seq_published(s[i]), n_tokens / 64 * 64);
+		check_tokens(s[i], seed + (uint64_t)i, n_tokens);
+	}
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(tqkv_seq_close(s[i]), 0);
+	tqkv_client_free(c);
+}
+
+/* Two client processes append K/V for two sequences each; what they read
+ * back is exactly the codec's encode -> decode (published blocks) and the
+ * written rows (tail); the stats count the blocks and the bytes saved. */
+Test(daemon, two_clients_append_and_read_back, .timeout = 120)
+{
+	struct test_daemon d;
+	pid_t kids[2];
+	char *text;
+	struct tqkv_client *c;
+
+	daemon_start(&d, NULL);
+	for (int i = 0; i < 2; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0) {
+			client_process(d.socket, 1000 + (uint64_t)i * 10, 300 + (uint64_t)i * 41);
+			_exit(0);
+		}
+	}
+	for (int i = 0; i < 2; i++) {
+		int status;
+
+		cr_assert_eq(waitpid(kids[i], &status, 0), kids[i]);
+		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "client %d failed: %#x", i, status);
+	}
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	cr_assert_eq(tqkv_client_stats(c, &text), 0);
+	/* 300 and 341 tokens, two sequences each: 4 + 4 + 5 + 5 blocks. */
+	cr_assert_eq(stats_value(text, "blocks_compressed"), 18, "%s", text);
+	cr_assert_eq(stats_value(text, "sequences"), 0);
+	cr_assert_eq(stats_value(text, "blocks_live"), 0);
+	free(text);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* While sequences are open the stats show blocks, tail tokens and the
+ * compression ratio. */
+Test(daemon, stats_show_compression, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+	char *text;
+
+	daemon_start(&d, NULL);
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &test_model), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_open(c, &s), 0);
+	append_tokens(s, 5, 0, 200);
+	cr_assert_eq(tqkv_seq_wait(s, 192), 0);
+	cr_assert_eq(tqkv_client_stats(c, &text), 0);
+	cr_assert_eq(stats_value(text, "sequences"), 1);
+	cr_assert_eq(stats_value(text, "blocks_live"), 3);
+	cr_assert_eq(stats_value(text, "tail_tokens"), 8);
+	cr_assert_gt(stats_value(text, "bytes_fp16_equivalent"), stats_value(text, "bytes_compressed"));
+	free(text);
+	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* A client killed with SIGKILL in the middle of appends: the daemon keeps
+ * serving, releases that client's memory and leaks no fd. */
+Test(daemon, killed_client_is_cleaned_up, .timeout = 60)
+{
+	struct test_daemon d;
+	int fds_before;
+	pid_t kid;
+	int status;
+
+	daemon_start(&d, NULL);
+	sleep_ms(100);
+	fds_before = count_fds(d.pid);
+	kid = fork();
+	if (kid == 0) {
+		struct tqkv_client *c;
+		struct tqkv_seq *s;
+
+		if (tqkv_client_connect(d.socket, &c) || tqkv_client_register_model(c, &test_model) ||
+		    tqkv_seq_open(c, &s))
+			_exit(1);
+		for (uint64_t t = 0;; t += 64)
+			append_tokens(s, 9, t, 64);
+	}
+	/* Let it get going: blocks compressed and staging mapped. */
+	for (int i = 0; i < 500 && daemon_stat(&d, "blocks_compressed") < 20; i++)
+		sleep_ms(10);
+	cr_assert_gt(daemon_stat(&d, "staging_bytes"), 0);
+	kill(kid, SIGKILL);
+	waitpid(kid, &status, 0);
+	for (int i = 0; i < 500 && daemon_stat(&d, "clients") > 1; i++)
+		sleep_ms(10);
+	sleep_ms(50);
+	cr_assert_eq(daemon_stat(&d, "staging_bytes"), 0);
+	cr_assert_eq(daemon_stat(&d, "sequences"), 0);
+	cr_assert_eq(daemon_stat(&d, "blocks_live"), 0);
+	cr_assert_eq(daemon_stat(&d, "arena_bytes_used"), 0);
+	cr_assert_eq(settled_fds(d.pid, fds_before), fds_before, "fds before %d, after %d", fds_before,
+		     count_fds(d.pid));
+	daemon_stop(&d);
+}
+
+/* A client can neither write nor resize the daemon's arena: writable
+ * mappings, mprotect to writable and ftruncate all fail. */
+Test(daemon, arena_is_sealed_against_clients, .timeout = 60)
+{
+	struct test_daemon d;
+	int sock, fds[4], arena;
+	unsigned n_fds = 0;
+	struct tqkv_register_reply rep;
+	void *p;
+
+	daemon_start(&d, NULL);
+	sock = raw_connect(&d);
+	raw_hello(sock);
+	raw_register(sock, &test_model, &rep, fds, &n_fds);
+	cr_assert_eq(n_fds, 2);
+	arena = fds[0];
+	cr_assert_eq(fcntl(arena, F_GET_SEALS) & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL),
+		     F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
+	cr_assert_eq(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, arena, 0), MAP_FAILED);
+	p = mmap(NULL, 4096, PROT_READ, MAP_SHARED, arena, 0);
+	cr_assert_neq(p, MAP_FAILED);
+	cr_assert_neq(mprotect(p, 4096, PROT_READ | PROT_WRITE), 0);
+	cr_assert_neq(ftruncate(arena, 0), 0);
+	cr_assert_neq(ftruncate(arena, (off_t)rep.arena_bytes * 2), 0);
+	cr_assert_neq(fcntl(arena, F_ADD_SEALS, F_SEAL_WRITE), 0);
+	/* Staging is the client's to write, but not to resize. */
+	cr_assert_neq(ftruncate(fds[1], 0), 0);
+	munmap(p, 4096);
+	close(fds[0]);
+	close(fds[1]);
+	close(sock);
+	daemon_stop(&d);
+}
