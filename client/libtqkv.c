@@ -482,6 +482,23 @@ TQKV_EXPORT int tqkv_seq_write(struct tqkv_seq *s, uint64_t token, uint32_t laye
 	return 0;
 }
 
+TQKV_EXPORT int tqkv_seq_write_layers(struct tqkv_seq *s, uint64_t token, const uint16_t *const *k,
+				      const uint16_t *const *v)
+{
+	if (!s || !k || !v)
+		return -EINVAL;
+	for (uint32_t l = 0; l < s->client->model->reg.n_layers; l++) {
+		int r;
+
+		if (s->client->model->layers[l].desc.kv_source >= 0)
+			continue;
+		r = tqkv_seq_write(s, token, l, k[l], v[l]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 TQKV_EXPORT int tqkv_seq_commit(struct tqkv_seq *s, uint64_t n_tokens)
 {
 	struct tqkv_seq_tokens req;
@@ -609,4 +626,23 @@ TQKV_EXPORT int tqkv_seq_read(struct tqkv_seq *s, uint32_t layer, uint32_t head,
 		}
 	}
 	return 0;
+}
+
+TQKV_EXPORT int tqkv_seq_read_f16(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,
+				  uint32_t n, uint16_t *out)
+{
+	struct tqkv_layer_view v;
+	float *f;
+	int r = tqkv_seq_view(s, layer, &v);
+
+	if (r < 0)
+		return r;
+	f = malloc(sizeof(float) * v.head_dim * (size_t)n);
+	if (!f)
+		return -ENOMEM;
+	r = tqkv_seq_read(s, layer, head, stream, first, n, f);
+	for (size_t i = 0; r >= 0 && i < (size_t)v.head_dim * n; i++)
+		out[i] = tqkv_f32_to_f16(f[i]);
+	free(f);
+	return r;
 }

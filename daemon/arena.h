@@ -22,7 +22,8 @@ int arena_fd(const struct arena *a);
 uint64_t arena_size(const struct arena *a);
 void *arena_ptr(const struct arena *a, uint64_t offset);
 
-/* Allocates size bytes (64-byte aligned, zeroed); -ENOMEM when full. */
+/* Allocates size bytes (64-byte aligned, not zeroed: every user writes
+ * what it publishes); -ENOMEM when full. */
 int arena_alloc(struct arena *a, uint64_t size, uint64_t *ret_offset);
 /* Returns an allocation of exactly size bytes. */
 void arena_release(struct arena *a, uint64_t offset, uint64_t size);

@@ -76,6 +76,25 @@ static void page_write_header(const struct tqkv_codec *c, uint32_t n_tokens, con
 	h->header_crc = crc32c(0, h, offsetof(struct tqkv_page_header, header_crc));
 }
 
+/* Zeroes what the kernels do not write: the padding tokens of the last
+ * tile, unused norm slots and the gaps between sections, so pages are
+ * byte-for-byte reproducible.  (Zeroing whole pages cost more than encoding
+ * them.) */
+static void page_zero_padding(const struct tqkv_codec *c, uint32_t n_tokens, const struct page_geometry *g,
+			      uint8_t *base)
+{
+	size_t tiles_end = g->tiles + (size_t)g->n_tiles * c->layout.tile_bytes;
+	size_t side_end = g->rnorms ? g->rnorms : g->bytes;
+
+	if (n_tokens % TQKV_TILE_TOKENS)
+		memset(base + tiles_end - c->layout.tile_bytes, 0, c->layout.tile_bytes);
+	memset(base + tiles_end, 0, (g->norms ? g->norms : g->bytes) - tiles_end);
+	if (g->norms)
+		memset(base + g->norms + (size_t)n_tokens * 2, 0, side_end - g->norms - (size_t)n_tokens * 2);
+	if (g->rnorms)
+		memset(base + g->rnorms + (size_t)n_tokens * 2, 0, g->bytes - g->rnorms - (size_t)n_tokens * 2);
+}
+
 static int page_encode(const struct tqkv_codec *c, const void *rows, bool f16, size_t row_stride,
 		       uint32_t n_tokens, const float *mean, void *page, size_t page_size)
 {
@@ -89,9 +108,7 @@ static int page_encode(const struct tqkv_codec *c, const void *rows, bool f16, s
 	if (page_size < g.bytes)
 		return -EINVAL;
 
-	/* Padding tokens of the last tile and the gaps between sections are
-	 * zero, so pages are byte-for-byte reproducible. */
-	memset(base, 0, g.bytes);
+	page_zero_padding(c, n_tokens, &g, base);
 	page_write_header(c, n_tokens, &g, mean != NULL, (struct tqkv_page_header *)base);
 
 	for (uint32_t i = 0; i < g.n_tiles; i++) {

@@ -47,20 +47,21 @@ static void token_rows(uint64_t seed, uint64_t token, uint32_t layer, unsigned s
 static void append_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t n)
 {
 	for (uint64_t t = from; t < from + n; t++) {
-		for (uint32_t l = 0; l < N_LAYERS; l++) {
-			uint16_t k[HEADS * HEAD_DIM], v[HEADS * HEAD_DIM];
-			int r;
+		uint16_t k[N_LAYERS][HEADS * HEAD_DIM], v[N_LAYERS][HEADS * HEAD_DIM];
+		const uint16_t *kp[N_LAYERS], *vp[N_LAYERS];
+		int r;
 
-			if (test_layers[l].kv_source >= 0)
-				continue;
-			token_rows(seed, t, l, 0, k);
-			token_rows(seed, t, l, 1, v);
-			while ((r = tqkv_seq_write(s, t, l, k, v)) == -EAGAIN) {
-				cr_assert_eq(tqkv_seq_commit(s, t), 0);
-				cr_assert_eq(tqkv_seq_wait(s, t + 1 - 128), 0);  /* t >= 128 here */
-			}
-			cr_assert_eq(r, 0, "write token %llu layer %u: %d", (unsigned long long)t, l, r);
+		for (uint32_t l = 0; l < N_LAYERS; l++) {
+			token_rows(seed, t, l, 0, k[l]);
+			token_rows(seed, t, l, 1, v[l]);
+			kp[l] = test_layers[l].kv_source >= 0 ? NULL : k[l];
+			vp[l] = test_layers[l].kv_source >= 0 ? NULL : v[l];
 		}
+		while ((r = tqkv_seq_write_layers(s, t, kp, vp)) == -EAGAIN) {
+			cr_assert_eq(tqkv_seq_commit(s, t), 0);
+			cr_assert_eq(tqkv_seq_wait(s, t + 1 - 128), 0);  /* t >= 128 here */
+		}
+		cr_assert_eq(r, 0, "write token %llu: %d", (unsigned long long)t, r);
 		if ((t + 1) % 16 == 0)
 			cr_assert_eq(tqkv_seq_commit(s, t + 1), 0);
 	}
@@ -190,6 +191,16 @@ Test(daemon, stats_show_compression, .timeout = 60)
 	cr_assert_eq(stats_value(text, "tail_tokens"), 8);
 	cr_assert_gt(stats_value(text, "bytes_fp16_equivalent"), stats_value(text, "bytes_compressed"));
 	free(text);
+	{
+		/* fp16 read-back of the exact tail equals what was written. */
+		uint16_t rows[HEADS * HEAD_DIM], got[8 * HEAD_DIM];
+
+		cr_assert_eq(tqkv_seq_read_f16(s, 2, 1, 1, 192, 8, got), 0);
+		for (unsigned t = 0; t < 8; t++) {
+			token_rows(5, 192 + t, 2, 1, rows);
+			cr_assert_arr_eq(got + t * HEAD_DIM, rows + HEAD_DIM, HEAD_DIM * 2);
+		}
+	}
 	tqkv_seq_close(s);
 	tqkv_client_free(c);
 	daemon_stop(&d);

@@ -81,6 +81,11 @@ TQKV_EXPORT uint32_t tqkv_seq_id(const struct tqkv_seq *s);
 TQKV_EXPORT int tqkv_seq_write(struct tqkv_seq *s, uint64_t token, uint32_t layer, const uint16_t *k,
 			       const uint16_t *v);
 
+/* The same for every layer at once: k[layer] and v[layer] as above (NULL
+ * for layers that reuse another layer's KV). */
+TQKV_EXPORT int tqkv_seq_write_layers(struct tqkv_seq *s, uint64_t token, const uint16_t *const *k,
+				      const uint16_t *const *v);
+
 /* Tells the daemon that tokens [0, n_tokens) are written for every layer. */
 TQKV_EXPORT int tqkv_seq_commit(struct tqkv_seq *s, uint64_t n_tokens);
 /* Waits until n_tokens are published, or every full committed block is. */
@@ -120,6 +125,9 @@ TQKV_EXPORT const uint16_t *tqkv_view_tail_row(const struct tqkv_layer_view *v, 
  * from pages or tail as they lie. */
 TQKV_EXPORT int tqkv_seq_read(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,
 			      uint32_t n, float *out);
+/* The same, as IEEE halves (round to nearest even). */
+TQKV_EXPORT int tqkv_seq_read_f16(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,
+				  uint32_t n, uint16_t *out);
 
 #ifdef __cplusplus
 }
