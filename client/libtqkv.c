@@ -38,6 +38,7 @@ struct tqkv_seq {
 	uint32_t id, slot;
 	const struct tqkv_seq_desc *desc;
 	const uint64_t *table;
+	const float *key_means;   /* NULL if no layer is centered */
 	uint8_t *ring;
 	uint64_t committed;
 };
@@ -407,7 +408,9 @@ TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret)
 		return set_error(c, -EBADMSG, "tqkvd sent a sequence outside the shared memory");
 	d = (const void *)(c->arena + rep.desc_offset);
 	if (!in_arena(c, d->block_table_offset, (uint64_t)d->max_blocks * 8) ||
-	    d->block_tokens != c->model->block_tokens)
+	    d->block_tokens != c->model->block_tokens ||
+	    (c->model->mean_floats && (!d->key_mean_offset || d->key_mean_offset % sizeof(float) ||
+				       !in_arena(c, d->key_mean_offset, (uint64_t)c->model->mean_floats * sizeof(float)))))
 		return set_error(c, -EBADMSG, "tqkvd sent a malformed sequence descriptor");
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -417,6 +420,7 @@ TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret)
 	s->slot = rep.slot;
 	s->desc = d;
 	s->table = (const uint64_t *)(c->arena + d->block_table_offset);
+	s->key_means = c->model->mean_floats ? (const float *)(c->arena + d->key_mean_offset) : NULL;
 	s->ring = c->staging + (uint64_t)rep.slot * c->model->slot_bytes;
 	*ret = s;
 	return 0;
@@ -554,6 +558,7 @@ TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_la
 		.row_offset = { model_row_offset(m, layer, 0, 0), model_row_offset(m, layer, 0, 1) },
 		.page_index = l->page_index,
 		.codecs = (const struct tqkv_codec *const *)l->codecs,
+		.key_mean = model_key_mean(m, s->key_means, layer, 0),
 	};
 	ret->n_tokens = s->committed > ret->n_blocks * m->block_tokens ? s->committed : ret->n_blocks * m->block_tokens;
 	return 0;
@@ -609,11 +614,12 @@ TQKV_EXPORT int tqkv_seq_read(struct tqkv_seq *s, uint32_t layer, uint32_t head,
 			uint64_t cnt = v.block_tokens - in < first + n - t ? v.block_tokens - in : first + n - t;
 			size_t size;
 			const void *page = tqkv_view_page(&v, b, head, stream, &size);
+			const float *mean = stream == 0 && v.key_mean ? v.key_mean + (size_t)head * v.head_dim : NULL;
 
 			if (!page)
 				return -EBADMSG;
 			r = tqkv_page_decode_f32(v.codecs[head * 2 + stream], page, size, (uint32_t)in, (uint32_t)cnt,
-						 NULL, o, v.head_dim);
+						 mean, o, v.head_dim);
 			if (r < 0)
 				return r;
 			t += cnt;

@@ -39,7 +39,7 @@ struct sequence {
 	struct sequence *next;
 	struct client *client;
 	uint32_t id, slot;
-	uint64_t desc_offset, table_offset, table_bytes;
+	uint64_t desc_offset, table_offset, table_bytes, means_offset, means_bytes;
 	struct tqkv_seq_desc *desc;
 	uint64_t *table;
 	uint64_t committed;   /* tokens in staging, from COMMIT */
@@ -271,6 +271,8 @@ static void seq_finalize(struct sequence *q)
 	release_blocks(s, q);
 	arena_release(s->arena, q->table_offset, q->table_bytes);
 	arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
+	if (q->means_bytes)
+		arena_release(s->arena, q->means_offset, q->means_bytes);
 	for (pp = &c->seqs; *pp != q; pp = &(*pp)->next)
 		;
 	*pp = q->next;
@@ -374,6 +376,7 @@ static void schedule(struct sequence *q)
 		.desc = q->desc,
 		.table = q->table,
 		.seq_id = q->id,
+		.key_means = q->means_bytes ? arena_ptr(s->arena, q->means_offset) : NULL,
 	};
 	q->job_in_flight = true;
 	c->refs++;
@@ -522,7 +525,11 @@ static int do_seq_open(struct client *c, const struct tqkv_msg_header *h)
 		free(q);
 		return reply_error(c, h->opcode, h->serial, ENOMEM, "memory budget exhausted");
 	}
-	if (arena_alloc(s->arena, q->table_bytes, &q->table_offset) < 0) {
+	q->means_bytes = (uint64_t)m->mean_floats * sizeof(float);
+	if (arena_alloc(s->arena, q->table_bytes, &q->table_offset) < 0 ||
+	    (q->means_bytes && arena_alloc(s->arena, q->means_bytes, &q->means_offset) < 0)) {
+		if (q->table_offset)
+			arena_release(s->arena, q->table_offset, q->table_bytes);
 		arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
 		free(q);
 		return reply_error(c, h->opcode, h->serial, ENOMEM, "memory budget exhausted");
@@ -537,6 +544,7 @@ static int do_seq_open(struct client *c, const struct tqkv_msg_header *h)
 		.max_blocks = max_blocks,
 		.block_tokens = m->block_tokens,
 		.seq_id = q->id,
+		.key_mean_offset = q->means_bytes ? q->means_offset : 0,
 	};
 	q->next = c->seqs;
 	c->seqs = q;

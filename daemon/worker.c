@@ -25,7 +25,7 @@ struct worker_pool {
 };
 
 int compress_block(const struct model *m, const uint8_t *staging_slot, uint32_t staging_tokens, uint64_t block,
-		   uint32_t seq_id, uint8_t *record, uint8_t *scratch)
+		   uint32_t seq_id, float *key_means, uint8_t *record, uint8_t *scratch)
 {
 	uint32_t B = m->block_tokens;
 	uint64_t first = block * B, ring = first % staging_tokens;
@@ -68,8 +68,13 @@ int compress_block(const struct model *m, const uint8_t *staging_slot, uint32_t 
 				/* Stream order in scratch: K of every head, then V. */
 				const uint16_t *src = (const uint16_t *)(scratch + (uint64_t)B * bytes *
 									  (s * ml->desc.n_kv_heads + hd));
-				int r = tqkv_page_encode_f16(ml->codecs[hd * 2 + s], src, ml->desc.head_dim, B, NULL,
-							     record + off, ml->page_bytes[s]);
+				const float *mean = s ? NULL : model_key_mean(m, key_means, l, hd);
+				int r;
+
+				if (mean && block == 0)
+					model_rows_mean(src, ml->desc.head_dim, B, ml->desc.head_dim, (float *)mean);
+				r = tqkv_page_encode_f16(ml->codecs[hd * 2 + s], src, ml->desc.head_dim, B, mean,
+							 record + off, ml->page_bytes[s]);
 
 				if (r < 0)
 					return r;
@@ -108,8 +113,8 @@ static void run_job(struct job *j, uint8_t **scratch, size_t *scratch_size)
 			return;
 		}
 	}
-	j->result = compress_block(j->model, j->staging_slot, j->staging_tokens, j->block, j->seq_id, j->record,
-				   *scratch);
+	j->result = compress_block(j->model, j->staging_slot, j->staging_tokens, j->block, j->seq_id, j->key_means,
+				   j->record, *scratch);
 	if (j->result == 0) {
 		j->table[j->block] = j->record_offset;
 		/* Publishes the record and the table entry to clients. */

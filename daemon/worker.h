@@ -26,6 +26,7 @@ struct job {
 	struct tqkv_seq_desc *desc;   /* published with release */
 	uint64_t *table;
 	uint32_t seq_id;
+	float *key_means;             /* the sequence's key means (arena), or NULL */
 	int result;                   /* 0 or negative errno */
 	uint64_t encode_nsec;
 };
@@ -44,8 +45,10 @@ unsigned worker_queue_depth(struct worker_pool *p);
 
 /* Builds the block record: copies the block's rows out of staging (they are
  * the client's, so they are read exactly once), encodes every page, and
- * writes the header and page table.  scratch holds block_tokens token rows. */
+ * writes the header and page table.  Block 0 also computes the key means of
+ * centered layers into key_means; later blocks use them.  scratch holds
+ * block_tokens token rows. */
 int compress_block(const struct model *m, const uint8_t *staging_slot, uint32_t staging_tokens, uint64_t block,
-		   uint32_t seq_id, uint8_t *record, uint8_t *scratch);
+		   uint32_t seq_id, float *key_means, uint8_t *record, uint8_t *scratch);
 
 #endif

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,7 +58,7 @@ static int validate(const struct tqkv_register_model *reg, const struct tqkv_lay
 				    lim->max_head_dim);
 		if (l->k_kind >= TQKV_KIND_MAX || l->v_kind >= TQKV_KIND_MAX)
 			return fail(err, errlen, "layer %u: unknown codec kind", i);
-		if (l->flags || l->reserved[0] || l->reserved[1] || l->reserved[2])
+		if ((l->flags & ~(uint8_t)TQKV_LAYER_CENTER_KEYS) || l->reserved[0] || l->reserved[1] || l->reserved[2])
 			return fail(err, errlen, "layer %u: unknown flags or reserved bytes set", i);
 	}
 	return 0;
@@ -140,6 +141,10 @@ int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_des
 		if (layers[i].kv_source >= 0)
 			continue;
 		row += 2ull * l->desc.n_kv_heads * l->desc.head_dim * 2u;
+		if (l->desc.flags & TQKV_LAYER_CENTER_KEYS) {
+			l->mean_index = m->mean_floats;
+			m->mean_floats += (uint32_t)l->desc.n_kv_heads * l->desc.head_dim;
+		}
 		m->n_pages += 2u * l->desc.n_kv_heads;
 		pages_bytes += (uint64_t)l->desc.n_kv_heads * (l->page_bytes[0] + l->page_bytes[1]);
 	}
@@ -149,4 +154,19 @@ int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_des
 	m->slot_bytes = align64((uint64_t)reg->staging_tokens * m->token_bytes);
 	*ret = m;
 	return 0;
+}
+
+void model_rows_mean(const uint16_t *rows, size_t stride, uint32_t n, uint32_t d, float *out)
+{
+	for (uint32_t j = 0; j < d; j++)
+		out[j] = 0.0f;
+	for (uint32_t t = 0; t < n; t++)
+		for (uint32_t j = 0; j < d; j++) {
+			float v = tqkv_f16_to_f32(rows[t * stride + j]);
+
+			/* Garbage must not poison every later block's keys. */
+			out[j] += isfinite(v) ? v : 0.0f;
+		}
+	for (uint32_t j = 0; j < d; j++)
+		out[j] /= (float)n;
 }

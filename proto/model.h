@@ -29,6 +29,7 @@ struct model_layer {
 	uint32_t row_offset;     /* bytes into a staging token row: K rows, then V rows */
 	uint32_t page_index;     /* first of this layer's 2 * n_kv_heads pages in a block */
 	uint32_t page_bytes[2];  /* K and V page sizes for one block */
+	uint32_t mean_index;     /* first float of this layer's key means, if centered */
 	struct tqkv_codec **codecs;  /* [head * 2 + stream], NULL when the layer reuses KV */
 };
 
@@ -39,6 +40,7 @@ struct model {
 	uint32_t n_pages;            /* pages per block */
 	uint64_t block_bytes;        /* block record size */
 	uint64_t slot_bytes;         /* staging bytes per sequence */
+	uint32_t mean_floats;        /* key-mean floats per sequence (centered layers) */
 	struct model_layer *layers;
 };
 
@@ -64,6 +66,23 @@ static inline uint32_t model_page_index(const struct model *m, uint32_t layer, u
 {
 	return m->layers[layer].page_index + head * 2u + stream;
 }
+
+/* The key mean of a centered layer's head, or NULL: means points at the
+ * sequence's mean array. */
+static inline const float *model_key_mean(const struct model *m, const float *means, uint32_t layer, uint32_t head)
+{
+	const struct model_layer *l = &m->layers[layer];
+
+	if (!means || !(l->desc.flags & TQKV_LAYER_CENTER_KEYS))
+		return NULL;
+	return means + l->mean_index + (size_t)head * l->desc.head_dim;
+}
+
+/* The centering mean of n fp16 rows (d values, rows stride elements apart):
+ * float sums in token order (non-finite values count as 0), then one
+ * division.  Daemon and tests share it
+ * so that both compute the same floats. */
+void model_rows_mean(const uint16_t *rows, size_t stride, uint32_t n, uint32_t d, float *out);
 
 /* Offset of the page table inside a block record. */
 #define MODEL_PAGE_TABLE_OFFSET ((uint32_t)sizeof(struct tqkv_block_header))

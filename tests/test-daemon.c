@@ -9,15 +9,18 @@
 #include <sys/mman.h>
 
 #include "daemon-harness.h"
+#include "model.h"
 #include "rotation.h"
 
 #define N_LAYERS 3
 #define HEADS 2
 #define HEAD_DIM 64
 
-/* Layer 0 tq4/tq3, layer 1 reuses layer 0's KV, layer 2 int8/fp16. */
+/* Layer 0 tq4/tq3 with centered keys, layer 1 reuses layer 0's KV, layer 2
+ * int8/fp16. */
 static const struct tqkv_layer_desc test_layers[N_LAYERS] = {
-	{ .n_kv_heads = HEADS, .head_dim = HEAD_DIM, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ3 },
+	{ .n_kv_heads = HEADS, .head_dim = HEAD_DIM, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ3,
+	  .flags = TQKV_LAYER_CENTER_KEYS },
 	{ .kv_source = 0 },
 	{ .n_kv_heads = HEADS, .head_dim = HEAD_DIM, .kv_source = -1, .k_kind = TQKV_KIND_INT8, .v_kind = TQKV_KIND_FP16 },
 };
@@ -84,6 +87,20 @@ static void check_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t n)
 			for (unsigned st = 0; st < 2; st++) {
 				float *got = malloc(sizeof(float) * n * HEAD_DIM);
 				const struct tqkv_codec *codec = v.codecs[h * 2 + st];
+				float mean_buf[HEAD_DIM], *mean = NULL;
+
+				if (st == 0 && (test_layers[src].flags & TQKV_LAYER_CENTER_KEYS) && published) {
+					/* Centered keys: the mean of the first block's keys. */
+					uint16_t rows0[64][HEADS * HEAD_DIM];
+
+					for (uint64_t t = 0; t < 64; t++)
+						token_rows(seed, t, src, 0, rows0[t]);
+					model_rows_mean(&rows0[0][h * HEAD_DIM], HEADS * HEAD_DIM, 64, HEAD_DIM, mean_buf);
+					mean = mean_buf;
+					cr_assert_not_null(v.key_mean);
+					cr_assert_eq(memcmp(v.key_mean + h * HEAD_DIM, mean, sizeof(mean_buf)), 0,
+						     "the daemon's key mean differs");
+				}
 
 				cr_assert_eq(tqkv_seq_read(s, l, h, st, 0, (uint32_t)n, got), 0);
 				for (uint64_t b = 0; b * 64 < n; b++) {
@@ -97,8 +114,8 @@ static void check_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t n)
 						token_rows(seed, b * 64 + t, src, st, rows[t]);
 					if ((b + 1) * 64 <= published) {
 						cr_assert_eq(tqkv_page_encode_f16(codec, &rows[0][h * HEAD_DIM], HEADS * HEAD_DIM, 64,
-										  NULL, page, size), 0);
-						cr_assert_eq(tqkv_page_decode_f32(codec, page, size, 0, 64, NULL, want, HEAD_DIM), 0);
+										  mean, page, size), 0);
+						cr_assert_eq(tqkv_page_decode_f32(codec, page, size, 0, 64, mean, want, HEAD_DIM), 0);
 					} else {
 						for (uint64_t t = 0; t < cnt; t++)
 							for (unsigned j = 0; j < HEAD_DIM; j++)

@@ -111,6 +111,10 @@ struct tqkv_layer_view {
 	uint32_t row_offset[2];   /* K and V rows of this layer in a token row */
 	uint32_t page_index;
 	const struct tqkv_codec *const *codecs;  /* [head * 2 + stream] */
+	/* Centered keys (TQKV_LAYER_CENTER_KEYS): the mean of head h is
+	 * key_mean + h * head_dim; K pages decode to rows minus it.  NULL
+	 * otherwise. */
+	const float *key_mean;
 };
 
 TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_layer_view *ret);

@@ -65,7 +65,9 @@ struct tqkv_hello_reply {
 };
 
 enum tqkv_layer_flag {
-	TQKV_LAYER_CENTER_KEYS = 1u << 0,  /* reserved for centering (not yet applied) */
+	/* Keys are centered: each sequence subtracts, per head, the mean of
+	 * its first block's keys before encoding (docs/PROTOCOL.md). */
+	TQKV_LAYER_CENTER_KEYS = 1u << 0,
 };
 
 /* One layer of a registered model. */
@@ -136,6 +138,9 @@ struct tqkv_seq_desc {
 	uint32_t block_tokens;
 	uint32_t seq_id;
 	uint32_t reserved;
+	/* Arena offset of the key means of centered layers (float, per layer
+	 * then head, head_dim each), 0 if none; valid once n_blocks > 0. */
+	uint64_t key_mean_offset;
 };
 
 /*
