@@ -233,9 +233,14 @@ static void violation(struct client *c, uint16_t opcode, uint32_t serial, int er
 
 /* ---- sequences -------------------------------------------------------- */
 
+/* What clients see: the worker stores n_blocks (release) before the loop
+ * hears of the job, so read the shared value, or a client that saw a block
+ * published would be told its commit does not fit. */
 static uint64_t published_tokens(const struct sequence *q)
 {
-	return q->n_blocks * q->client->server->cfg->block_tokens;
+	uint64_t n = atomic_load_explicit((_Atomic uint64_t *)&q->desc->n_blocks, memory_order_acquire);
+
+	return n * q->client->server->cfg->block_tokens;
 }
 
 static struct sequence *find_seq(struct client *c, uint32_t id)

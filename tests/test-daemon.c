@@ -297,3 +297,45 @@ Test(daemon, arena_is_sealed_against_clients, .timeout = 60)
 	close(sock);
 	daemon_stop(&d);
 }
+
+/* Staging belongs to the client: NaN, Inf and random bit patterns in it
+ * cost that client its data quality, never the daemon. */
+Test(daemon, garbage_rows_are_survived, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+	uint64_t state = 0x6a5b;
+	float out[HEAD_DIM];
+
+	daemon_start(&d, NULL);
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &test_model), 0);
+	cr_assert_eq(tqkv_seq_open(c, &s), 0);
+	for (uint64_t t = 0; t < 128; t++)
+		for (uint32_t l = 0; l < N_LAYERS; l++) {
+			uint16_t k[HEADS * HEAD_DIM], v[HEADS * HEAD_DIM];
+
+			if (test_layers[l].kv_source >= 0)
+				continue;
+			for (unsigned i = 0; i < HEADS * HEAD_DIM; i++) {
+				k[i] = (uint16_t)splitmix64_next(&state);
+				v[i] = t % 2 ? 0x7c00 : 0x7e00;  /* Inf, NaN */
+			}
+			cr_assert_eq(tqkv_seq_write(s, t, l, k, v), 0);
+		}
+	cr_assert_eq(tqkv_seq_commit(s, 128), 0);
+	cr_assert_eq(tqkv_seq_wait(s, 128), 0);
+	cr_assert_eq(tqkv_seq_published(s), 128);
+	for (uint32_t l = 0; l < N_LAYERS; l++)
+		for (uint64_t t = 0; t < 128; t++) {
+			cr_assert_eq(tqkv_seq_read(s, l, 1, 0, t, 1, out), 0);
+			for (unsigned j = 0; j < HEAD_DIM; j++)
+				cr_assert(isfinite(out[j]), "layer %u token %llu decodes to a non-finite key", l,
+					  (unsigned long long)t);
+		}
+	cr_assert_eq(daemon_stat(&d, "compress_failures"), 0);
+	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
