@@ -596,42 +596,48 @@ TQKV_EXPORT const uint16_t *tqkv_view_tail_row(const struct tqkv_layer_view *v, 
 				  (size_t)head * v->head_dim * 2u);
 }
 
+TQKV_EXPORT int tqkv_view_read(const struct tqkv_layer_view *v, uint32_t head, unsigned stream, uint64_t first,
+			       uint32_t n, float *out)
+{
+	int r;
+
+	if (!v || !out || head >= v->n_kv_heads || stream > 1 || first > v->n_tokens || n > v->n_tokens - first)
+		return -EINVAL;
+	for (uint64_t t = first; t < first + n;) {
+		float *o = out + (t - first) * v->head_dim;
+
+		if (t < v->n_blocks * v->block_tokens) {
+			uint64_t b = t / v->block_tokens, in = t % v->block_tokens;
+			uint64_t cnt = v->block_tokens - in < first + n - t ? v->block_tokens - in : first + n - t;
+			size_t size;
+			const void *page = tqkv_view_page(v, b, head, stream, &size);
+			const float *mean = stream == 0 && v->key_mean ? v->key_mean + (size_t)head * v->head_dim : NULL;
+
+			if (!page)
+				return -EBADMSG;
+			r = tqkv_page_decode_f32(v->codecs[head * 2 + stream], page, size, (uint32_t)in, (uint32_t)cnt,
+						 mean, o, v->head_dim);
+			if (r < 0)
+				return r;
+			t += cnt;
+		} else {
+			const uint16_t *row = tqkv_view_tail_row(v, t, head, stream);
+
+			for (uint32_t j = 0; j < v->head_dim; j++)
+				o[j] = tqkv_f16_to_f32(row[j]);
+			t++;
+		}
+	}
+	return 0;
+}
+
 TQKV_EXPORT int tqkv_seq_read(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,
 			      uint32_t n, float *out)
 {
 	struct tqkv_layer_view v;
 	int r = tqkv_seq_view(s, layer, &v);
 
-	if (r < 0)
-		return r;
-	if (head >= v.n_kv_heads || stream > 1 || first > v.n_tokens || n > v.n_tokens - first)
-		return -EINVAL;
-	for (uint64_t t = first; t < first + n;) {
-		float *o = out + (t - first) * v.head_dim;
-
-		if (t < v.n_blocks * v.block_tokens) {
-			uint64_t b = t / v.block_tokens, in = t % v.block_tokens;
-			uint64_t cnt = v.block_tokens - in < first + n - t ? v.block_tokens - in : first + n - t;
-			size_t size;
-			const void *page = tqkv_view_page(&v, b, head, stream, &size);
-			const float *mean = stream == 0 && v.key_mean ? v.key_mean + (size_t)head * v.head_dim : NULL;
-
-			if (!page)
-				return -EBADMSG;
-			r = tqkv_page_decode_f32(v.codecs[head * 2 + stream], page, size, (uint32_t)in, (uint32_t)cnt,
-						 mean, o, v.head_dim);
-			if (r < 0)
-				return r;
-			t += cnt;
-		} else {
-			const uint16_t *row = tqkv_view_tail_row(&v, t, head, stream);
-
-			for (uint32_t j = 0; j < v.head_dim; j++)
-				o[j] = tqkv_f16_to_f32(row[j]);
-			t++;
-		}
-	}
-	return 0;
+	return r < 0 ? r : tqkv_view_read(&v, head, stream, first, n, out);
 }
 
 TQKV_EXPORT int tqkv_seq_read_f16(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,

@@ -125,8 +125,13 @@ TQKV_EXPORT const void *tqkv_view_page(const struct tqkv_layer_view *v, uint64_t
 TQKV_EXPORT const uint16_t *tqkv_view_tail_row(const struct tqkv_layer_view *v, uint64_t token, uint32_t head,
 					       unsigned stream);
 
-/* Decodes tokens [first, first + n) of (layer, head, stream) to floats,
- * from pages or tail as they lie. */
+/* Decodes tokens [first, first + n) of one head and stream (0 K, 1 V) of a
+ * view to floats (centered keys with their mean added back), from pages or
+ * the tail as they lie. */
+TQKV_EXPORT int tqkv_view_read(const struct tqkv_layer_view *v, uint32_t head, unsigned stream, uint64_t first,
+			       uint32_t n, float *out);
+
+/* The same through a fresh view of (layer) of a sequence. */
 TQKV_EXPORT int tqkv_seq_read(struct tqkv_seq *s, uint32_t layer, uint32_t head, unsigned stream, uint64_t first,
 			      uint32_t n, float *out);
 /* The same, as IEEE halves (round to nearest even). */

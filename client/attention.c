@@ -1,0 +1,338 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Decode attention over pages and the FP16 tail: the portable path.
+ *
+ * Per KV head and tile of 16 tokens, the packed indices are unpacked once
+ * and shared by every query head of the group (GQA).  TurboQuant keys are
+ * scored in the rotated domain against a per-query float table
+ * T[j][m] = q'_j * c_j[m] (exact, no int8 rounding); values are accumulated
+ * there too and rotated back once per query head.  int8 and fp16 streams
+ * work in the original domain.  Softmax is online (running max and sum),
+ * so one pass reads every byte once.
+ *
+ * The AVX-512 table-lookup kernels of PERFORMANCE.md replace the inner
+ * loops in a later step; this file is their reference.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tqkv/attention.h>
+#include <tqkv/page.h>
+
+#include "codec-private.h"
+
+#define TILE TQKV_TILE_TOKENS
+
+/* What one query head keeps while it walks the tokens. */
+struct head_state {
+	float m, l;            /* running max of scores, sum of exp(score - m) */
+	float *acc_rot;        /* values in the rotated domain (TurboQuant V) */
+	float *acc;            /* values in the original domain (other V, tail) */
+	float *table;          /* K score table [padded_dim][16] (TurboQuant K) */
+	float *qrot;           /* rotated query, padded */
+	const float *q;
+	float q_mean;          /* q . key mean (centered keys), in score units */
+	unsigned d, d_rot;     /* lengths of acc (head_dim) and acc_rot (padded) */
+};
+
+struct kv_job {
+	const struct tqkv_layer_view *v;
+	const struct tqkv_attn *a;
+	const float *q;
+	float *out;
+	uint32_t n_queries;
+	uint32_t head_first, head_count;  /* KV heads of this job */
+	int result;
+};
+
+static bool is_tq(const struct tqkv_codec *c)
+{
+	return c->cls == CODEC_CLASS_TQ || c->cls == CODEC_CLASS_TQ_QJL;
+}
+
+/* Applies score s with value row y (d values, for acc: acc or acc_rot) to
+ * the running state. */
+static void online_update(struct head_state *st, float s, const float *y, float *acc, unsigned d)
+{
+	if (s > st->m) {
+		float f = expf(st->m - s);
+
+		st->l *= f;
+		for (unsigned j = 0; j < st->d; j++)
+			st->acc[j] *= f;
+		if (st->acc_rot)
+			for (unsigned j = 0; j < st->d_rot; j++)
+				st->acc_rot[j] *= f;
+		st->m = s;
+	}
+	{
+		float p = expf(s - st->m);
+
+		st->l += p;
+		for (unsigned j = 0; j < d; j++)
+			acc[j] += p * y[j];
+	}
+}
+
+/* The row of token t of a tile in the stream's working domain: rotated and
+ * scaled by the norm (TurboQuant), or decoded (int8, fp16). */
+static void tile_row(const struct tqkv_codec *c, const uint8_t *bits, const uint16_t *norms, const uint8_t *idx,
+		     unsigned t, float *y)
+{
+	unsigned d = c->d;
+
+	if (is_tq(c)) {
+		float g = tqkv_f16_to_f32(norms[t]);
+
+		for (unsigned j = 0; j < d; j++)
+			y[j] = g * (j < c->split ? c->cent_hi : c->cent_lo)[idx[j] & 0x0f];
+	} else if (c->cls == CODEC_CLASS_INT8) {
+		float s = tqkv_f16_to_f32(norms[t]);
+
+		for (unsigned j = 0; j < c->params.head_dim; j++)
+			y[j] = (float)(int8_t)idx[j] * s;
+	} else {
+		const uint16_t *row = (const uint16_t *)(bits + (size_t)t * c->d * 2);
+
+		for (unsigned j = 0; j < c->params.head_dim; j++)
+			y[j] = tqkv_f16_to_f32(row[j]);
+	}
+}
+
+static float dot(const float *a, const float *b, unsigned d)
+{
+	float s = 0;
+
+	for (unsigned j = 0; j < d; j++)
+		s += a[j] * b[j];
+	return s;
+}
+
+/* Score of a tile token for one query head. */
+static float tile_score(const struct tqkv_codec *kc, const struct head_state *st, const uint8_t *idx,
+			const float *krow, unsigned d)
+{
+	if (is_tq(kc)) {
+		float s = 0;
+
+		for (unsigned j = 0; j < kc->d; j++)
+			s += st->table[j * 16 + (idx[j] & 0x0f)];
+		return s;
+	}
+	return dot(st->q, krow, d);
+}
+
+struct page_ref {
+	const uint8_t *base;
+	const struct tqkv_page_header *h;
+};
+
+static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t head, unsigned stream,
+		   struct page_ref *ret)
+{
+	size_t size;
+	const void *p = tqkv_view_page(v, block, head, stream, &size);
+
+	if (!p)
+		return -EBADMSG;
+	ret->base = p;
+	ret->h = p;
+	return 0;
+}
+
+static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+			    const float *q, struct head_state *st, unsigned g)
+{
+	const struct tqkv_codec *kc = v->codecs[head * 2];
+	unsigned d = v->head_dim;
+
+	for (unsigned k = 0; k < g; k++) {
+		const float *qh = q + ((size_t)head * g + k) * d;
+
+		st[k].m = -INFINITY;
+		st[k].l = 0;
+		st[k].q = qh;
+		st[k].q_mean = v->key_mean ? a->scale * dot(qh, v->key_mean + (size_t)head * d, d) : 0.0f;
+		if (is_tq(kc)) {
+			/* q' = P q (P = D2 H D1 / sqrt(d)); the table folds in the scale. */
+			memset(st[k].qrot, 0, sizeof(float) * kc->d);
+			memcpy(st[k].qrot, qh, sizeof(float) * d);
+			codec_rotate(kc, st[k].qrot);
+			for (unsigned j = 0; j < kc->d; j++) {
+				const float *cent = j < kc->split ? kc->cent_hi : kc->cent_lo;
+				float qj = st[k].qrot[j] / kc->sqrt_d * a->scale;
+
+				for (unsigned m = 0; m < 16; m++)
+					st[k].table[j * 16 + m] = qj * cent[m];
+			}
+		}
+	}
+}
+
+/* Attends one KV head for one query token at pos with g query heads. */
+static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a, uint64_t pos,
+		       struct head_state *st, unsigned g, float *out, float *scratch)
+{
+	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
+	unsigned d = v->head_dim, D = kc->d > vc->d ? kc->d : vc->d;
+	uint64_t lo = a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
+	uint64_t published = v->n_blocks * v->block_tokens;
+	float *krow = scratch, *vrow = scratch + D;
+	uint8_t kidx[TQKV_HEAD_DIM_MAX], vidx[TQKV_HEAD_DIM_MAX];
+
+	for (unsigned k = 0; k < g; k++) {
+		st[k].d = d;
+		st[k].d_rot = vc->d;
+		memset(st[k].acc, 0, sizeof(float) * D);
+		if (st[k].acc_rot)
+			memset(st[k].acc_rot, 0, sizeof(float) * D);
+	}
+	/* Published blocks, tile by tile. */
+	for (uint64_t t0 = lo / TILE * TILE; t0 <= pos && t0 < published; t0 += TILE) {
+		uint64_t b = t0 / v->block_tokens, in = t0 % v->block_tokens;
+		struct page_ref kp, vp;
+		const uint8_t *kbits, *vbits;
+		const uint16_t *kn, *vn;
+		int r = page_of(v, b, head, 0, &kp);
+
+		if (r >= 0)
+			r = page_of(v, b, head, 1, &vp);
+		if (r < 0)
+			return r;
+		kbits = kp.base + kp.h->tiles_offset + (in / TILE) * kp.h->tile_bytes;
+		vbits = vp.base + vp.h->tiles_offset + (in / TILE) * vp.h->tile_bytes;
+		kn = kp.h->norms_offset ? (const uint16_t *)(kp.base + kp.h->norms_offset) + in : NULL;
+		vn = vp.h->norms_offset ? (const uint16_t *)(vp.base + vp.h->norms_offset) + in : NULL;
+		for (unsigned t = 0; t < TILE; t++) {
+			uint64_t tok = t0 + t;
+
+			if (tok < lo || tok > pos)
+				continue;
+			if (kc->cls != CODEC_CLASS_FP16)
+				codec_unpack_token(&kc->layout, kbits, t, kidx);
+			if (vc->cls != CODEC_CLASS_FP16)
+				codec_unpack_token(&vc->layout, vbits, t, vidx);
+			if (!is_tq(kc))
+				tile_row(kc, kbits, kn, kidx, t, krow);
+			tile_row(vc, vbits, vn, vidx, t, vrow);
+			for (unsigned k = 0; k < g; k++) {
+				float s = tile_score(kc, &st[k], kidx, krow, d);
+
+				/* The table holds scale * q'_j * c[m]; keys add their norm. */
+				s *= is_tq(kc) ? tqkv_f16_to_f32(kn[t]) : a->scale;
+				online_update(&st[k], s + st[k].q_mean, vrow, is_tq(vc) ? st[k].acc_rot : st[k].acc,
+					      is_tq(vc) ? vc->d : d);
+			}
+		}
+	}
+	/* The FP16 tail: exact keys see the same shift as centered ones. */
+	for (uint64_t tok = published > lo ? published : lo; tok <= pos; tok++) {
+		const uint16_t *kr = tqkv_view_tail_row(v, tok, head, 0), *vr = tqkv_view_tail_row(v, tok, head, 1);
+
+		if (!kr || !vr)
+			return -EINVAL;
+		for (unsigned j = 0; j < d; j++) {
+			krow[j] = tqkv_f16_to_f32(kr[j]);
+			vrow[j] = tqkv_f16_to_f32(vr[j]);
+		}
+		for (unsigned k = 0; k < g; k++)
+			online_update(&st[k], a->scale * dot(st[k].q, krow, d), vrow, st[k].acc, d);
+	}
+	for (unsigned k = 0; k < g; k++) {
+		float *o = out + ((size_t)head * g + k) * d;
+		float inv = st[k].l > 0 ? 1.0f / st[k].l : 0.0f;
+
+		if (st[k].acc_rot) {
+			codec_unrotate(vc, st[k].acc_rot, 1.0f / vc->sqrt_d);
+			for (unsigned j = 0; j < d; j++)
+				st[k].acc[j] += st[k].acc_rot[j];
+		}
+		for (unsigned j = 0; j < d; j++)
+			o[j] = st[k].acc[j] * inv;
+	}
+	return 0;
+}
+
+static void *run_job(void *arg)
+{
+	struct kv_job *j = arg;
+	const struct tqkv_layer_view *v = j->v;
+	unsigned g = j->a->n_q_heads / v->n_kv_heads, D = TQKV_HEAD_DIM_MAX;
+	struct head_state *st = calloc(g, sizeof(*st));
+	float *mem = malloc(sizeof(float) * ((size_t)g * (3 * D + 16 * D) + 2 * D));
+
+	if (!st || !mem) {
+		j->result = -ENOMEM;
+		goto out;
+	}
+	for (unsigned k = 0; k < g; k++) {
+		float *p = mem + (size_t)k * (3 * D + 16 * D);
+
+		st[k].acc = p;
+		st[k].acc_rot = p + D;
+		st[k].qrot = p + 2 * D;
+		st[k].table = p + 3 * D;
+	}
+	for (uint32_t i = 0; i < j->n_queries && j->result == 0; i++) {
+		const float *q = j->q + (size_t)i * j->a->n_q_heads * v->head_dim;
+		float *out = j->out + (size_t)i * j->a->n_q_heads * v->head_dim;
+
+		for (uint32_t h = j->head_first; h < j->head_first + j->head_count && j->result == 0; h++) {
+			bool v_tq = is_tq(v->codecs[h * 2 + 1]);
+
+			for (unsigned k = 0; k < g; k++)
+				st[k].acc_rot = v_tq ? mem + (size_t)k * (3 * D + 16 * D) + D : NULL;
+			prepare_queries(v, h, j->a, q, st, g);
+			j->result = attend_head(v, h, j->a, j->a->position + i, st, g, out, mem + (size_t)g * (3 * D + 16 * D));
+		}
+	}
+out:
+	free(st);
+	free(mem);
+	return NULL;
+}
+
+TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *q, uint32_t n,
+				  const struct tqkv_attn *a, float *out)
+{
+	unsigned threads;
+	struct kv_job jobs[64];
+	pthread_t tid[64];
+	int r = 0;
+
+	if (!v || !q || !a || !out || n == 0 || v->n_kv_heads == 0 || a->n_q_heads % v->n_kv_heads ||
+	    a->n_q_heads == 0 || a->position + n > v->n_tokens)
+		return -EINVAL;
+	threads = a->threads ? a->threads : 1;
+	if (threads > v->n_kv_heads)
+		threads = v->n_kv_heads;
+	if (threads > 64)
+		threads = 64;
+	/* Split over KV heads: each thread owns whole groups, no merge needed. */
+	for (unsigned i = 0; i < threads; i++) {
+		uint32_t first = v->n_kv_heads * i / threads, last = v->n_kv_heads * (i + 1) / threads;
+
+		jobs[i] = (struct kv_job){ v, a, q, out, n, first, last - first, 0 };
+	}
+	for (unsigned i = 1; i < threads; i++)
+		if (pthread_create(&tid[i], NULL, run_job, &jobs[i]) != 0) {
+			run_job(&jobs[i]);  /* no thread: do its share here */
+			tid[i] = 0;
+		}
+	run_job(&jobs[0]);
+	for (unsigned i = 0; i < threads; i++) {
+		if (i && tid[i])
+			pthread_join(tid[i], NULL);
+		if (jobs[i].result < 0)
+			r = jobs[i].result;
+	}
+	return r;
+}
+
+TQKV_EXPORT int tqkv_attend(const struct tqkv_layer_view *v, const float *q, const struct tqkv_attn *a, float *out)
+{
+	return tqkv_attend_batch(v, q, 1, a, out);
+}

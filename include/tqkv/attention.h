@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Decode attention over a layer view (include/tqkv/client.h): the published
+ * compressed blocks and the FP16 tail, without expanding K or V to FP16 in
+ * memory.  Scores of TurboQuant keys are computed in the rotated domain
+ * (the query is rotated once per head) and values are accumulated there and
+ * rotated back once per query head.
+ *
+ * Thread safety: calls on different sequences (or the same one, read-only)
+ * may run concurrently.
+ */
+#ifndef TQKV_ATTENTION_H
+#define TQKV_ATTENTION_H
+
+#include <stdint.h>
+
+#include <tqkv/client.h>
+#include <tqkv/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct tqkv_attn {
+	uint32_t n_q_heads;   /* query heads of the layer, a multiple of the view's n_kv_heads */
+	float scale;          /* softmax scale, usually 1 / sqrt(head_dim) */
+	uint64_t position;    /* the (first) query's position: it sees tokens <= position */
+	uint32_t window;      /* sliding window: tokens > position - window (0 = all) */
+	unsigned threads;     /* worker threads for this call (0 or 1: the caller's only) */
+};
+
+/*
+ * One query token: q holds n_q_heads * head_dim floats (head after head),
+ * out receives the same shape.  The view must contain position
+ * (position < v->n_tokens).  Returns 0, -EINVAL, or -ENOMEM.
+ */
+TQKV_EXPORT int tqkv_attend(const struct tqkv_layer_view *v, const float *q, const struct tqkv_attn *a, float *out);
+
+/*
+ * n query tokens at positions position .. position + n - 1 (a prefill chunk
+ * or speculative tokens), each masked causally: query i sees tokens
+ * <= position + i.  q and out hold n * n_q_heads * head_dim floats.
+ */
+TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *q, uint32_t n,
+				  const struct tqkv_attn *a, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Attention over a real daemon's pages against a float64 reference over
+ * the same view's decoded K/V: every K/V kind, centering, GQA 1-8, windows,
+ * threads, partial tiles, tail-only, pages-only, the batched form, and an
+ * engine attending while the worker publishes.
+ */
+#define _GNU_SOURCE
+#include <math.h>
+
+#include <tqkv/attention.h>
+
+#include "daemon-harness.h"
+#include "rotation.h"
+
+#define KV_HEADS 2
+#define N_LAYERS 6
+#define MAX_DIM 96
+
+static const struct tqkv_layer_desc layers[N_LAYERS] = {
+	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4 },
+	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_TQ3, .v_kind = TQKV_KIND_TQ2_5,
+	  .flags = TQKV_LAYER_CENTER_KEYS },
+	{ .n_kv_heads = KV_HEADS, .head_dim = 96, .kv_source = -1, .k_kind = TQKV_KIND_TQ2, .v_kind = TQKV_KIND_TQ3_5 },
+	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_INT8, .v_kind = TQKV_KIND_FP16 },
+	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_FP16, .v_kind = TQKV_KIND_INT8,
+	  .flags = TQKV_LAYER_CENTER_KEYS },
+	{ .kv_source = 0 },
+};
+
+static const struct tqkv_model model = {
+	.fingerprint = 0xa77e,
+	.n_layers = N_LAYERS,
+	.layers = layers,
+	.staging_tokens = 256,
+	.max_sequences = 2,
+};
+
+/* Keys with a per-channel offset, as real keys have, so centering matters. */
+static void append(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t to, bool wait_publish)
+{
+	for (uint64_t t = from; t < to; t++) {
+		for (uint32_t l = 0; l < N_LAYERS; l++) {
+			uint16_t k[KV_HEADS * MAX_DIM], v[KV_HEADS * MAX_DIM];
+			float f[2 * KV_HEADS * MAX_DIM];
+			unsigned n = KV_HEADS * layers[l].head_dim;
+			int r;
+
+			if (layers[l].kv_source >= 0)
+				continue;
+			gaussian_fill(seed ^ (t * 0x9e3779b97f4a7c15ull) ^ l, f, 2 * n);
+			for (unsigned i = 0; i < n; i++) {
+				k[i] = tqkv_f32_to_f16(f[i] + (float)(i % 7) - 3.0f);
+				v[i] = tqkv_f32_to_f16(f[n + i]);
+			}
+			while ((r = tqkv_seq_write(s, t, l, k, v)) == -EAGAIN) {
+				cr_assert_eq(tqkv_seq_commit(s, t), 0);
+				cr_assert_eq(tqkv_seq_wait(s, t + 1 - 256), 0);
+			}
+			cr_assert_eq(r, 0);
+		}
+		if ((t + 1) % 32 == 0)
+			cr_assert_eq(tqkv_seq_commit(s, t + 1), 0);
+	}
+	cr_assert_eq(tqkv_seq_commit(s, to), 0);
+	if (wait_publish)
+		cr_assert_eq(tqkv_seq_wait(s, to), 0);
+}
+
+/* float64 attention over the view's decoded K/V. */
+static void reference(const struct tqkv_layer_view *v, const float *q, unsigned n_q, float scale, uint64_t pos,
+		      uint32_t window, double *out)
+{
+	unsigned d = v->head_dim, g = n_q / v->n_kv_heads;
+	uint64_t lo = window && pos + 1 > window ? pos + 1 - window : 0, n = pos + 1 - lo;
+	float *k = malloc(sizeof(float) * n * d), *val = malloc(sizeof(float) * n * d);
+	double *s = malloc(sizeof(double) * n);
+
+	for (uint32_t h = 0; h < v->n_kv_heads; h++) {
+		cr_assert_eq(tqkv_view_read(v, h, 0, lo, (uint32_t)n, k), 0);
+		cr_assert_eq(tqkv_view_read(v, h, 1, lo, (uint32_t)n, val), 0);
+		for (unsigned qh = h * g; qh < (h + 1) * g; qh++) {
+			double m = -INFINITY, sum = 0;
+
+			for (uint64_t t = 0; t < n; t++) {
+				double dot = 0;
+
+				for (unsigned j = 0; j < d; j++)
+					dot += (double)q[qh * d + j] * k[t * d + j];
+				s[t] = dot * scale;
+				m = s[t] > m ? s[t] : m;
+			}
+			for (unsigned j = 0; j < d; j++)
+				out[qh * d + j] = 0;
+			for (uint64_t t = 0; t < n; t++) {
+				double p = exp(s[t] - m);
+
+				sum += p;
+				for (unsigned j = 0; j < d; j++)
+					out[qh * d + j] += p * val[t * d + j];
+			}
+			for (unsigned j = 0; j < d; j++)
+				out[qh * d + j] /= sum;
+		}
+	}
+	free(k);
+	free(val);
+	free(s);
+}
+
+static double rel_error(const float *got, const double *want, size_t n)
+{
+	double e = 0, w = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		e += (got[i] - want[i]) * (got[i] - want[i]);
+		w += want[i] * want[i];
+	}
+	return sqrt(e / w);
+}
+
+/* One attention call against the reference, for every layer. */
+static void check_all_layers(struct tqkv_seq *s, uint64_t seed, uint64_t pos, unsigned g, uint32_t window,
+			     unsigned threads)
+{
+	for (uint32_t l = 0; l < N_LAYERS; l++) {
+		struct tqkv_layer_view v;
+		unsigned n_q = KV_HEADS * g, d;
+		float *q, *out;
+		double *ref;
+		struct tqkv_attn a;
+
+		cr_assert_eq(tqkv_seq_view(s, l, &v), 0);
+		d = v.head_dim;
+		q = malloc(sizeof(float) * n_q * d);
+		out = malloc(sizeof(float) * n_q * d);
+		ref = malloc(sizeof(double) * n_q * d);
+		gaussian_fill(seed + pos * 31 + l, q, n_q * d);
+		a = (struct tqkv_attn){ .n_q_heads = n_q, .scale = 1.0f / sqrtf((float)d), .position = pos,
+					.window = window, .threads = threads };
+		cr_assert_eq(tqkv_attend(&v, q, &a, out), 0);
+		reference(&v, q, n_q, a.scale, pos, window, ref);
+		cr_assert_lt(rel_error(out, ref, (size_t)n_q * d), 1e-4,
+			     "layer %u pos %llu g %u window %u threads %u (published %llu): relative error %g", l,
+			     (unsigned long long)pos, g, window, threads, (unsigned long long)(v.n_blocks * 64),
+			     rel_error(out, ref, (size_t)n_q * d));
+		free(q);
+		free(out);
+		free(ref);
+	}
+}
+
+static struct tqkv_client *connect_model(const struct test_daemon *d)
+{
+	struct tqkv_client *c;
+
+	cr_assert_eq(tqkv_client_connect(d->socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &model), 0, "%s", tqkv_client_error(c));
+	return c;
+}
+
+/* Tail only (< one block), one block exactly (pages only), partial tiles,
+ * and a longer sequence; GQA 1, 2, 4, 8; windows; 1 and 2 threads. */
+Test(attention, matches_float64_reference, .timeout = 240)
+{
+	static const uint64_t lengths[] = { 1, 15, 64, 100, 1000 };
+	struct test_daemon d;
+	struct tqkv_client *c;
+	uint64_t seed = 0xa11;
+
+	daemon_start(&d, NULL);
+	c = connect_model(&d);
+	for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+		struct tqkv_seq *s;
+		uint64_t n = lengths[i];
+
+		cr_assert_eq(tqkv_seq_open(c, &s), 0);
+		append(s, seed + i, 0, n, true);
+		for (unsigned g = 1; g <= 8; g *= 2)
+			check_all_layers(s, seed, n - 1, g, 0, g % 2 ? 1 : 2);
+		check_all_layers(s, seed, n - 1, 2, 37, 1);
+		if (n > 20)
+			check_all_layers(s, seed, n / 2, 4, 0, 2);  /* a position before the end */
+		cr_assert_eq(tqkv_seq_close(s), 0);
+	}
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+Test(attention, long_context_40000_tokens, .timeout = 300)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+
+	daemon_start(&d, NULL);
+	c = connect_model(&d);
+	cr_assert_eq(tqkv_seq_open(c, &s), 0);
+	append(s, 0x40000, 0, 40000, true);
+	check_all_layers(s, 0x40000, 39999, 4, 0, 2);
+	check_all_layers(s, 0x40000, 39999, 1, 4096, 1);
+	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* The batched form equals one call per query position. */
+Test(attention, batch_equals_single_calls, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+	struct tqkv_layer_view v;
+	const unsigned n_q = KV_HEADS * 2, d_ = 64, n = 6;
+	float q[6 * KV_HEADS * 2 * 64], batch[6 * KV_HEADS * 2 * 64], single[KV_HEADS * 2 * 64];
+
+	daemon_start(&d, NULL);
+	c = connect_model(&d);
+	cr_assert_eq(tqkv_seq_open(c, &s), 0);
+	append(s, 7, 0, 200, true);
+	cr_assert_eq(tqkv_seq_view(s, 0, &v), 0);
+	gaussian_fill(99, q, n * n_q * d_);
+	{
+		struct tqkv_attn a = { .n_q_heads = n_q, .scale = 0.125f, .position = 200 - n, .threads = 2 };
+
+		cr_assert_eq(tqkv_attend_batch(&v, q, n, &a, batch), 0);
+		for (unsigned i = 0; i < n; i++) {
+			a.position = 200 - n + i;
+			a.threads = 1;
+			cr_assert_eq(tqkv_attend(&v, q + i * n_q * d_, &a, single), 0);
+			cr_assert_eq(memcmp(single, batch + i * n_q * d_, sizeof(single)), 0, "query %u", i);
+		}
+		a.position = 200 - n + 1;  /* the last query would be past the end */
+		cr_assert_eq(tqkv_attend_batch(&v, q, n, &a, batch), -EINVAL);
+	}
+	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* An engine attends after every commit while the worker publishes blocks
+ * behind it: each call sees a consistent snapshot (blocks + tail). */
+Test(attention, concurrent_with_publishing, .timeout = 120)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+
+	daemon_start(&d, NULL);
+	c = connect_model(&d);
+	cr_assert_eq(tqkv_seq_open(c, &s), 0);
+	for (uint64_t t = 0; t < 640; t += 32) {
+		append(s, 3, t, t + 32, false);  /* no wait: blocks publish while we attend */
+		check_all_layers(s, 3, t + 31, 2, 0, 2);
+	}
+	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
