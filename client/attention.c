@@ -22,7 +22,9 @@
 #include <tqkv/attention.h>
 #include <tqkv/page.h>
 
+#include "attention-private.h"
 #include "codec-private.h"
+#include "cpu.h"
 
 #define TILE TQKV_TILE_TOKENS
 
@@ -36,7 +38,30 @@ struct head_state {
 	const float *q;
 	float q_mean;          /* q . key mean (centered keys), in score units */
 	unsigned d, d_rot;     /* lengths of acc (head_dim) and acc_rot (padded) */
+	float *lanes;          /* [d_rot][16] for the SIMD tile kernels */
 };
+
+void attn_rescale_scalar(struct attn_lane_state *ls, float f)
+{
+	struct head_state *st = ls->owner;
+
+	for (unsigned j = 0; j < st->d; j++)
+		st->acc[j] *= f;
+	if (st->acc_rot)
+		for (unsigned j = 0; j < st->d_rot; j++)
+			st->acc_rot[j] *= f;
+}
+
+/* Whether the AVX-512 tile kernel serves this pair of streams. */
+static bool fast_tiles(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
+{
+#ifdef TQKV_HAVE_X86_SIMD
+	return kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->params.kind == TQKV_KIND_TQ4 &&
+	       vc->params.kind == TQKV_KIND_TQ4 && kc->d == vc->d && cpu_has_isa(CPU_ISA_AVX512);
+#else
+	return false;
+#endif
+}
 
 struct kv_job {
 	const struct tqkv_layer_view *v;
@@ -181,6 +206,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 	uint64_t lo = a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
 	uint64_t published = v->n_blocks * v->block_tokens;
 	float *krow = scratch, *vrow = scratch + D;
+	bool fast = fast_tiles(kc, vc);
 	uint8_t kidx[TQKV_HEAD_DIM_MAX], vidx[TQKV_HEAD_DIM_MAX];
 
 	for (unsigned k = 0; k < g; k++) {
@@ -190,8 +216,48 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		if (st[k].acc_rot)
 			memset(st[k].acc_rot, 0, sizeof(float) * D);
 	}
+	if (fast) {
+		struct attn_lane_state ls[8];
+
+		for (unsigned k = 0; k < g; k++)
+			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
+		for (uint64_t t0 = lo / TILE * TILE; t0 <= pos && t0 < published; t0 += TILE) {
+			uint64_t b = t0 / v->block_tokens, in = t0 % v->block_tokens;
+			struct page_ref kp, vp;
+			struct attn_tile tile;
+			uint16_t valid = 0;
+			int r = page_of(v, b, head, 0, &kp);
+
+			if (r >= 0)
+				r = page_of(v, b, head, 1, &vp);
+			if (r < 0)
+				return r;
+			for (unsigned t = 0; t < TILE; t++)
+				if (t0 + t >= lo && t0 + t <= pos)
+					valid |= (uint16_t)(1u << t);
+			tile = (struct attn_tile){
+				.kbits = kp.base + kp.h->tiles_offset + (in / TILE) * kp.h->tile_bytes,
+				.vbits = vp.base + vp.h->tiles_offset + (in / TILE) * vp.h->tile_bytes,
+				.knorms = (const uint16_t *)(kp.base + kp.h->norms_offset) + in,
+				.vnorms = (const uint16_t *)(vp.base + vp.h->norms_offset) + in,
+				.vcent = vc->cent_hi,
+				.d = vc->d,
+				.valid = valid,
+			};
+			for (unsigned k0 = 0; k0 < g; k0 += 8) {
+				unsigned n = g - k0 < 8 ? g - k0 : 8;
+
+				for (unsigned k = 0; k < n; k++)
+					ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].q_mean, &st[k0 + k].m,
+									  &st[k0 + k].l, st[k0 + k].lanes, &st[k0 + k] };
+				attn_tile_tq4_avx512(&tile, ls, n);
+			}
+		}
+		for (unsigned k = 0; k < g; k++)
+			attn_lanes_fold_avx512(st[k].lanes, vc->d, st[k].acc_rot);
+	}
 	/* Published blocks, tile by tile. */
-	for (uint64_t t0 = lo / TILE * TILE; t0 <= pos && t0 < published; t0 += TILE) {
+	for (uint64_t t0 = lo / TILE * TILE; !fast && t0 <= pos && t0 < published; t0 += TILE) {
 		uint64_t b = t0 / v->block_tokens, in = t0 % v->block_tokens;
 		struct page_ref kp, vp;
 		const uint8_t *kbits, *vbits;
@@ -263,8 +329,9 @@ static void *run_job(void *arg)
 	unsigned g = j->a->n_q_heads / v->n_kv_heads, D = TQKV_HEAD_DIM_MAX;
 	struct head_state *st = calloc(g, sizeof(*st));
 	float *mem = malloc(sizeof(float) * ((size_t)g * (3 * D + 16 * D) + 2 * D));
+	float *lanes = aligned_alloc(64, sizeof(float) * (size_t)g * 16 * D);
 
-	if (!st || !mem) {
+	if (!st || !mem || !lanes) {
 		j->result = -ENOMEM;
 		goto out;
 	}
@@ -275,6 +342,7 @@ static void *run_job(void *arg)
 		st[k].acc_rot = p + D;
 		st[k].qrot = p + 2 * D;
 		st[k].table = p + 3 * D;
+		st[k].lanes = lanes + (size_t)k * 16 * D;
 	}
 	for (uint32_t i = 0; i < j->n_queries && j->result == 0; i++) {
 		const float *q = j->q + (size_t)i * j->a->n_q_heads * v->head_dim;
@@ -292,6 +360,7 @@ static void *run_job(void *arg)
 out:
 	free(st);
 	free(mem);
+	free(lanes);
 	return NULL;
 }
 

@@ -24,17 +24,13 @@
 
 #include <tqkv/client.h>
 
+#include "bench-daemon.h"
 #include "bench.h"
 
 #define LAYERS 32
 #define HEADS 8
 #define DIM 128
 #define STAGING 512  /* tokens: eight blocks of 64 */
-
-struct bench_daemon {
-	pid_t pid;
-	char dir[64], socket[128];
-};
 
 static int daemon_path(char *buf, size_t size)
 {
@@ -59,7 +55,7 @@ static void sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL);
 }
 
-static int daemon_up(struct bench_daemon *d, const char *workers)
+int bench_daemon_up(struct bench_daemon *d, const char *workers, const char *budget)
 {
 	char bin[PATH_MAX];
 	int r = daemon_path(bin, sizeof(bin));
@@ -74,7 +70,7 @@ static int daemon_up(struct bench_daemon *d, const char *workers)
 	snprintf(d->socket, sizeof(d->socket), "%s/tqkvd.sock", d->dir);
 	d->pid = fork();
 	if (d->pid == 0) {
-		execl(bin, "tqkvd", "--socket", d->socket, "--config", "/dev/null", "--memory-budget", "4G",
+		execl(bin, "tqkvd", "--socket", d->socket, "--config", "/dev/null", "--memory-budget", budget,
 		      "--worker-threads", workers, "--log-level", "warning", (char *)NULL);
 		_exit(127);
 	}
@@ -90,7 +86,7 @@ static int daemon_up(struct bench_daemon *d, const char *workers)
 	return -ETIMEDOUT;
 }
 
-static void daemon_down(struct bench_daemon *d)
+void bench_daemon_down(struct bench_daemon *d)
 {
 	kill(d->pid, SIGTERM);
 	waitpid(d->pid, NULL, 0);
@@ -179,7 +175,7 @@ int bench_append(const struct bench_options *o)
 
 		snprintf(workers, sizeof(workers), "%u", clients);
 		memset(res, 0, 4096);
-		r = daemon_up(&d, workers);
+		r = bench_daemon_up(&d, workers, "4G");
 		if (r < 0)
 			return r;
 		for (unsigned i = 0; i < clients; i++)
@@ -191,7 +187,7 @@ int bench_append(const struct bench_options *o)
 			wait(&status);
 			failed |= !WIFEXITED(status) || WEXITSTATUS(status);
 		}
-		daemon_down(&d);
+		bench_daemon_down(&d);
 		if (failed)
 			return -EIO;
 		for (unsigned i = 0; i < clients; i++) {
@@ -272,12 +268,12 @@ int bench_latency(const struct bench_options *o)
 
 	if (!lat)
 		return -ENOMEM;
-	r = daemon_up(&d, "1");
+	r = bench_daemon_up(&d, "1", "1G");
 	if (r < 0)
 		goto out;
 	r = tqkv_client_connect(d.socket, &c);
 	if (r < 0) {
-		daemon_down(&d);
+		bench_daemon_down(&d);
 		goto out;
 	}
 	for (unsigned i = 0; i < 1000; i++)  /* warm up */
@@ -289,7 +285,7 @@ int bench_latency(const struct bench_options *o)
 		lat[i] = (bench_now() - t0) * 1e6;
 	}
 	tqkv_client_free(c);
-	daemon_down(&d);
+	bench_daemon_down(&d);
 	if (r < 0)
 		goto out;
 	qsort(lat, n, sizeof(double), cmp_double);

@@ -16,5 +16,6 @@ double bench_now(void);
 int bench_codec(const struct bench_options *o);
 int bench_append(const struct bench_options *o);
 int bench_latency(const struct bench_options *o);
+int bench_attention(const struct bench_options *o);
 
 #endif

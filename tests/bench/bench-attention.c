@@ -1,0 +1,334 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Decode attention, one layer of 8 KV heads x head_dim 128, in one run and
+ * one harness:
+ *  - FP16 baseline: K and V as contiguous fp16 rows per head, AVX-512
+ *    F16C conversion + FMA, chunked online softmax, prefetch, the same
+ *    threading (split over KV heads);
+ *  - tqkv: tqkv_attend() over the pages a real tqkvd compressed;
+ *  - the memory-bandwidth floor, measured in the same run (AVX-512 sum over
+ *    1 GiB with 1 and 2 threads): bw_fraction = floor time / tqkv time.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tqkv/attention.h>
+
+#include "bench.h"
+#include "bench-daemon.h"
+
+#define HEADS 8
+#define DIM 128
+#define CHUNK 64
+
+struct fp16_cache {
+	uint64_t n;
+	uint16_t *k, *v;   /* [head][token][DIM] */
+};
+
+/* ---- memory bandwidth --------------------------------------------------- */
+
+struct bw_job {
+	const float *p;
+	size_t n;
+	float sum;
+};
+
+__attribute__((target("avx512f"))) static void *bw_run(void *arg)
+{
+	struct bw_job *j = arg;
+	__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+
+	for (size_t i = 0; i + 64 <= j->n; i += 64) {
+		a0 = _mm512_add_ps(a0, _mm512_load_ps(j->p + i));
+		a1 = _mm512_add_ps(a1, _mm512_load_ps(j->p + i + 16));
+		a2 = _mm512_add_ps(a2, _mm512_load_ps(j->p + i + 32));
+		a3 = _mm512_add_ps(a3, _mm512_load_ps(j->p + i + 48));
+	}
+	j->sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+	return NULL;
+}
+
+/* Bytes per second that threads can read from DRAM. */
+static double measure_bandwidth(unsigned threads)
+{
+	size_t bytes = 1ul << 30, n = bytes / sizeof(float);
+	float *p = aligned_alloc(64, bytes);
+	double best = 0;
+
+	if (!p)
+		return 0;
+	memset(p, 1, bytes);
+	for (int rep = 0; rep < 3; rep++) {
+		struct bw_job jobs[2];
+		pthread_t t;
+		double t0 = bench_now();
+
+		for (unsigned i = 0; i < threads; i++)
+			jobs[i] = (struct bw_job){ p + n / threads * i, n / threads, 0 };
+		if (threads > 1)
+			pthread_create(&t, NULL, bw_run, &jobs[1]);
+		bw_run(&jobs[0]);
+		if (threads > 1)
+			pthread_join(t, NULL);
+		t0 = bench_now() - t0;
+		if ((double)bytes / t0 > best)
+			best = (double)bytes / t0;
+	}
+	free(p);
+	return best;
+}
+
+/* ---- FP16 baseline ------------------------------------------------------ */
+
+__attribute__((target("avx512f,f16c,fma"))) static __m512 load_half16(const uint16_t *p)
+{
+	return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* One KV head, g query heads, tokens [0, n): chunks of 64 scores, then one
+ * rescale per chunk, then the values. */
+__attribute__((target("avx512f,f16c,fma"))) static void fp16_head(const struct fp16_cache *c, unsigned h,
+								   const float *q, unsigned g, float scale, float *out)
+{
+	const uint16_t *K = c->k + (size_t)h * c->n * DIM, *V = c->v + (size_t)h * c->n * DIM;
+
+	for (unsigned k = 0; k < g; k++) {
+		const float *qh = q + k * DIM;
+		__m512 qv[DIM / 16], acc[DIM / 16];
+		float m = -INFINITY, l = 0, s[CHUNK];
+
+		for (unsigned r = 0; r < DIM / 16; r++) {
+			qv[r] = _mm512_mul_ps(_mm512_loadu_ps(qh + 16 * r), _mm512_set1_ps(scale));
+			acc[r] = _mm512_setzero_ps();
+		}
+		for (uint64_t t0 = 0; t0 < c->n; t0 += CHUNK) {
+			unsigned n = c->n - t0 < CHUNK ? (unsigned)(c->n - t0) : CHUNK;
+			float cm = m, f;
+
+			for (unsigned t = 0; t < n; t++) {
+				const uint16_t *kr = K + (t0 + t) * DIM;
+				__m512 d = _mm512_mul_ps(qv[0], load_half16(kr));
+
+				_mm_prefetch((const char *)(kr + 8 * DIM), _MM_HINT_T0);
+				for (unsigned r = 1; r < DIM / 16; r++)
+					d = _mm512_fmadd_ps(qv[r], load_half16(kr + 16 * r), d);
+				s[t] = _mm512_reduce_add_ps(d);
+				cm = s[t] > cm ? s[t] : cm;
+			}
+			f = expf(m - cm);
+			l *= f;
+			for (unsigned r = 0; r < DIM / 16; r++)
+				acc[r] = _mm512_mul_ps(acc[r], _mm512_set1_ps(f));
+			m = cm;
+			for (unsigned t = 0; t < n; t++) {
+				const uint16_t *vr = V + (t0 + t) * DIM;
+				float p = expf(s[t] - m);
+				__m512 pv = _mm512_set1_ps(p);
+
+				_mm_prefetch((const char *)(vr + 8 * DIM), _MM_HINT_T0);
+				l += p;
+				for (unsigned r = 0; r < DIM / 16; r++)
+					acc[r] = _mm512_fmadd_ps(pv, load_half16(vr + 16 * r), acc[r]);
+			}
+		}
+		for (unsigned r = 0; r < DIM / 16; r++)
+			_mm512_storeu_ps(out + k * DIM + 16 * r, _mm512_mul_ps(acc[r], _mm512_set1_ps(1.0f / l)));
+	}
+}
+
+struct fp16_job {
+	const struct fp16_cache *c;
+	const float *q;
+	float *out;
+	unsigned g, first, count;
+	float scale;
+};
+
+static void *fp16_run(void *arg)
+{
+	struct fp16_job *j = arg;
+
+	for (unsigned h = j->first; h < j->first + j->count; h++)
+		fp16_head(j->c, h, j->q + (size_t)h * j->g * DIM, j->g, j->scale, j->out + (size_t)h * j->g * DIM);
+	return NULL;
+}
+
+static void fp16_attend(const struct fp16_cache *c, const float *q, unsigned g, unsigned threads, float *out)
+{
+	struct fp16_job jobs[2];
+	pthread_t t;
+
+	for (unsigned i = 0; i < threads; i++)
+		jobs[i] = (struct fp16_job){ c, q, out, g, HEADS * i / threads, HEADS / threads, 1.0f / sqrtf(DIM) };
+	if (threads > 1)
+		pthread_create(&t, NULL, fp16_run, &jobs[1]);
+	fp16_run(&jobs[0]);
+	if (threads > 1)
+		pthread_join(t, NULL);
+}
+
+/* ---- the benchmark ------------------------------------------------------ */
+
+/* One timed call: the FP16 baseline or tqkv_attend(). */
+struct call {
+	const struct fp16_cache *fc;
+	const struct tqkv_layer_view *v;
+	const struct tqkv_attn *a;
+	const float *q;
+	float *out;
+	unsigned g, threads;
+	int result;
+};
+
+static void run_call(struct call *c)
+{
+	if (c->fc)
+		fp16_attend(c->fc, c->q, c->g, c->threads, c->out);
+	else
+		c->result = tqkv_attend(c->v, c->q, c->a, c->out);
+}
+
+/* Seconds per call: the best of enough calls to fill budget seconds. */
+static double time_calls(double budget, struct call *c)
+{
+	double best = 1e30, spent = 0;
+
+	for (int i = 0; (i < 3 || spent < budget) && i < 1000; i++) {
+		double t0 = bench_now(), dt;
+
+		run_call(c);
+		dt = bench_now() - t0;
+		spent += dt;
+		best = dt < best ? dt : best;
+	}
+	return best;
+}
+
+static int fill(struct tqkv_seq *s, struct fp16_cache *fc, uint64_t n)
+{
+	uint16_t k[HEADS * DIM], v[HEADS * DIM];
+	uint64_t state = 0x5eed;
+	int r;
+
+	for (uint64_t t = 0; t < n; t++) {
+		for (unsigned i = 0; i < HEADS * DIM; i++) {
+			state = state * 6364136223846793005ull + 1442695040888963407ull;
+			k[i] = tqkv_f32_to_f16((float)(int)(state >> 52) / 1024.0f - 2.0f);
+			v[i] = tqkv_f32_to_f16((float)(int)((state >> 40) & 4095) / 1024.0f - 2.0f);
+		}
+		for (unsigned h = 0; h < HEADS; h++) {
+			memcpy(fc->k + ((size_t)h * n + t) * DIM, k + h * DIM, DIM * 2);
+			memcpy(fc->v + ((size_t)h * n + t) * DIM, v + h * DIM, DIM * 2);
+		}
+		while ((r = tqkv_seq_write(s, t, 0, k, v)) == -EAGAIN) {
+			r = tqkv_seq_commit(s, t);
+			if (r >= 0)
+				r = tqkv_seq_wait(s, t + 1 - 512);
+			if (r < 0)
+				return r;
+		}
+		if (r < 0)
+			return r;
+		if ((t + 1) % 64 == 0 && (r = tqkv_seq_commit(s, t + 1)) < 0)
+			return r;
+	}
+	r = tqkv_seq_commit(s, n);
+	return r < 0 ? r : tqkv_seq_wait(s, n);
+}
+
+int bench_attention(const struct bench_options *o)
+{
+	static const uint64_t contexts_full[] = { 1024, 4096, 32768, 131072 }, contexts_quick[] = { 32768 };
+	static const enum tqkv_kind kinds[] = { TQKV_KIND_TQ4, TQKV_KIND_TQ3 };
+	const uint64_t *contexts = o->quick ? contexts_quick : contexts_full;
+	size_t n_contexts = o->quick ? 1 : 4, n_kinds = o->quick ? 1 : 2;
+	double bw[3] = { 0, measure_bandwidth(1), measure_bandwidth(2) };
+	struct bench_daemon d;
+	int r;
+
+	if (!o->json)
+		printf("# memory bandwidth: %.1f GB/s (1 thread), %.1f GB/s (2 threads)\n"
+		       "%-8s %-4s %-3s %-7s %14s %14s %9s %9s\n",
+		       bw[1] / 1e9, bw[2] / 1e9, "context", "kind", "g", "threads", "fp16 ns/tok", "tqkv ns/tok",
+		       "speedup", "bw frac");
+	r = bench_daemon_up(&d, "2", "4G");
+	if (r < 0)
+		return r;
+	for (size_t ki = 0; ki < n_kinds && r >= 0; ki++)
+		for (size_t ci = 0; ci < n_contexts && r >= 0; ci++) {
+			uint64_t n = contexts[ci];
+			struct tqkv_layer_desc layer = { .n_kv_heads = HEADS, .head_dim = DIM, .kv_source = -1,
+							 .k_kind = kinds[ki], .v_kind = kinds[ki] };
+			struct tqkv_model m = { .fingerprint = 0xa7, .n_layers = 1, .layers = &layer,
+						.staging_tokens = 512, .max_sequences = 1 };
+			struct fp16_cache fc = { n, malloc(n * HEADS * DIM * 2), malloc(n * HEADS * DIM * 2) };
+			struct tqkv_client *c = NULL;
+			struct tqkv_seq *s = NULL;
+			struct tqkv_layer_view v;
+			double page_bytes;
+
+			if (!fc.k || !fc.v) {
+				r = -ENOMEM;
+				goto next;
+			}
+			r = tqkv_client_connect(d.socket, &c);
+			if (r >= 0)
+				r = tqkv_client_register_model(c, &m);
+			if (r >= 0)
+				r = tqkv_seq_open(c, &s);
+			if (r >= 0)
+				r = fill(s, &fc, n);
+			if (r >= 0)
+				r = tqkv_seq_view(s, 0, &v);
+			if (r < 0)
+				goto next;
+			/* Bytes tqkv reads per token: both pages of every head. */
+			page_bytes = (double)HEADS * 2 * tqkv_page_size(v.codecs[0], 64) / 64.0;
+			for (unsigned g = 1; g <= 4; g *= 4)
+				for (unsigned threads = 1; threads <= 2; threads++) {
+					float *q = malloc(sizeof(float) * HEADS * g * DIM);
+					float *out = malloc(sizeof(float) * HEADS * g * DIM);
+					struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM),
+							       .position = n - 1, .threads = threads };
+					double t_fp16, t_tqkv, floor;
+					struct call base = { .fc = &fc, .q = q, .out = out, .g = g, .threads = threads };
+					struct call ours = { .v = &v, .a = &a, .q = q, .out = out };
+
+					for (unsigned i = 0; i < HEADS * g * DIM; i++)
+						q[i] = (float)((i * 7919) % 200) / 100.0f - 1.0f;
+					t_fp16 = time_calls(o->quick ? 0.2 : 0.5, &base);
+					t_tqkv = time_calls(o->quick ? 0.2 : 0.5, &ours);
+					r = ours.result;
+					floor = page_bytes * (double)n / bw[threads];
+					if (o->json)
+						printf("{\"bench\":\"attention\",\"context\":%llu,\"g\":%u,\"threads\":%u,"
+						       "\"kind\":\"%s\",\"fp16_ns_per_token\":%.3f,\"tqkv_ns_per_token\":%.3f,"
+						       "\"speedup\":%.3f,\"bw_fraction\":%.3f}\n",
+						       (unsigned long long)n, g, threads, tqkv_kind_to_string(kinds[ki]),
+						       t_fp16 * 1e9 / (double)n, t_tqkv * 1e9 / (double)n, t_fp16 / t_tqkv,
+						       floor / t_tqkv);
+					else
+						printf("%-8llu %-4s %-3u %-7u %14.2f %14.2f %8.2fx %9.2f\n",
+						       (unsigned long long)n, tqkv_kind_to_string(kinds[ki]), g, threads,
+						       t_fp16 * 1e9 / (double)n, t_tqkv * 1e9 / (double)n, t_fp16 / t_tqkv,
+						       floor / t_tqkv);
+					fflush(stdout);
+					free(q);
+					free(out);
+				}
+next:
+			tqkv_seq_close(s);
+			tqkv_client_free(c);
+			free(fc.k);
+			free(fc.v);
+		}
+	bench_daemon_down(&d);
+	return r;
+}
