@@ -36,37 +36,59 @@ static __m512 exp_ps(__m512 x)
 	return _mm512_scalef_ps(p, n);
 }
 
-void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
+/* Scores of the chunk's tokens for query head k: s[t] per tile.  vpermps
+ * reads only the low 4 bits of each index, so a shift isolates a nibble.
+ * Two partial sums per tile keep the adds from forming one long chain. */
+static void chunk_scores(const struct attn_tile *tile, const struct attn_lane_state *st, __m512 *s)
 {
-	const unsigned D = tile->d, W = D / 8;
-	const __m512i nib = _mm512_set1_epi32(0xf);
-	const __m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tile->knorms));
-	const __m512 vn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tile->vnorms));
-	const __m512 vcent = _mm512_loadu_ps(tile->vcent);
-	__m512 s[8], p[8];
+	const unsigned W = tile->d / 8;
+	__m512 s2[ATTN_CHUNK_TILES][2];
 
-	/* Scores of the 16 tokens for each query head. */
-	for (unsigned k = 0; k < g; k++)
-		s[k] = _mm512_setzero_ps();
+	for (unsigned t = 0; t < tile->n_tiles; t++)
+		s2[t][0] = s2[t][1] = _mm512_setzero_ps();
 	for (unsigned w = 0; w < W; w++) {
-		__m512i word = _mm512_loadu_si512(tile->kbits + w * 64);
+		__m512i word[ATTN_CHUNK_TILES];
 
-		_mm_prefetch((const char *)tile->kbits + w * 64 + 4096, _MM_HINT_T0);
+		for (unsigned t = 0; t < tile->n_tiles; t++)
+			word[t] = _mm512_loadu_si512(tile->kbits + t * tile->tile_bytes + w * 64);
 		for (unsigned f = 0; f < 8; f++) {
-			__m512i idx = _mm512_and_si512(_mm512_srli_epi32(word, 4 * f), nib);
-			unsigned i = w + f * W;
+			__m512 row = _mm512_loadu_ps(st->table + (w + f * W) * 16);
 
-			for (unsigned k = 0; k < g; k++)
-				s[k] = _mm512_add_ps(s[k], _mm512_permutexvar_ps(idx, _mm512_loadu_ps(st[k].table + i * 16)));
+			for (unsigned t = 0; t < tile->n_tiles; t++)
+				s2[t][f & 1] = _mm512_add_ps(s2[t][f & 1],
+							     _mm512_permutexvar_ps(_mm512_srli_epi32(word[t], 4 * f), row));
 		}
 	}
-	for (unsigned k = 0; k < g; k++) {
-		__m512 sc = _mm512_add_ps(_mm512_mul_ps(s[k], kn), _mm512_set1_ps(st[k].q_mean));
-		float m_tile, m_new;
+	for (unsigned t = 0; t < tile->n_tiles; t++)
+		s[t] = _mm512_add_ps(s2[t][0], s2[t][1]);
+}
 
-		sc = _mm512_mask_blend_ps(tile->valid, _mm512_set1_ps(-INFINITY), sc);
-		m_tile = _mm512_reduce_max_ps(sc);
-		m_new = m_tile > *st[k].m ? m_tile : *st[k].m;
+void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
+{
+	const unsigned D = tile->d, W = D / 8, nt = tile->n_tiles;
+	const __m512 vcent = _mm512_loadu_ps(tile->vcent);
+	__m512 p[8][ATTN_CHUNK_TILES];
+
+	for (unsigned t = 0; t < nt; t++) {
+		_mm_prefetch((const char *)tile->kbits + (nt + t) * tile->tile_bytes, _MM_HINT_T0);
+		_mm_prefetch((const char *)tile->vbits + (nt + t) * tile->tile_bytes, _MM_HINT_T0);
+	}
+	/* Scores, one softmax update per chunk, weights times value norms. */
+	for (unsigned k = 0; k < g; k++) {
+		__m512 s[ATTN_CHUNK_TILES];
+		float m_chunk = -INFINITY, m_new, sum = 0;
+
+		chunk_scores(tile, &st[k], s);
+		for (unsigned t = 0; t < nt; t++) {
+			__m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->knorms + 16 * t)));
+			float m;
+
+			s[t] = _mm512_add_ps(_mm512_mul_ps(s[t], kn), _mm512_set1_ps(st[k].q_mean));
+			s[t] = _mm512_mask_blend_ps(tile->valid[t], _mm512_set1_ps(-INFINITY), s[t]);
+			m = _mm512_reduce_max_ps(s[t]);
+			m_chunk = m > m_chunk ? m : m_chunk;
+		}
+		m_new = m_chunk > *st[k].m ? m_chunk : *st[k].m;
 		if (m_new > *st[k].m) {
 			float f = expf(*st[k].m - m_new);
 			__m512 fv = _mm512_set1_ps(f);
@@ -77,23 +99,35 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 			attn_rescale_scalar(&st[k], f);
 			*st[k].m = m_new;
 		}
-		p[k] = _mm512_maskz_mov_ps(tile->valid, exp_ps(_mm512_sub_ps(sc, _mm512_set1_ps(m_new))));
-		*st[k].l += _mm512_reduce_add_ps(p[k]);
-		p[k] = _mm512_mul_ps(p[k], vn);  /* weights times value norms */
-	}
-	/* Values: per coordinate, the centroids of 16 tokens, weighted. */
-	for (unsigned w = 0; w < W; w++) {
-		__m512i word = _mm512_loadu_si512(tile->vbits + w * 64);
+		for (unsigned t = 0; t < nt; t++) {
+			__m512 vn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->vnorms + 16 * t)));
 
-		_mm_prefetch((const char *)tile->vbits + w * 64 + 4096, _MM_HINT_T0);
+			p[k][t] = _mm512_maskz_mov_ps(tile->valid[t], exp_ps(_mm512_sub_ps(s[t], _mm512_set1_ps(m_new))));
+			sum += _mm512_reduce_add_ps(p[k][t]);
+			p[k][t] = _mm512_mul_ps(p[k][t], vn);
+		}
+		*st[k].l += sum;
+	}
+	/* Values: per coordinate, each tile's centroids, weighted; the
+	 * accumulator is loaded and stored once per chunk. */
+	for (unsigned w = 0; w < W; w++) {
+		__m512i word[ATTN_CHUNK_TILES];
+
+		for (unsigned t = 0; t < nt; t++)
+			word[t] = _mm512_loadu_si512(tile->vbits + t * tile->tile_bytes + w * 64);
 		for (unsigned f = 0; f < 8; f++) {
-			__m512 c = _mm512_permutexvar_ps(_mm512_and_si512(_mm512_srli_epi32(word, 4 * f), nib), vcent);
+			__m512 c[ATTN_CHUNK_TILES];
 			unsigned i = w + f * W;
 
+			for (unsigned t = 0; t < nt; t++)
+				c[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(word[t], 4 * f), vcent);
 			for (unsigned k = 0; k < g; k++) {
 				float *a = st[k].lanes + i * 16;
+				__m512 acc = _mm512_load_ps(a);
 
-				_mm512_store_ps(a, _mm512_fmadd_ps(p[k], c, _mm512_load_ps(a)));
+				for (unsigned t = 0; t < nt; t++)
+					acc = _mm512_fmadd_ps(p[k][t], c[t], acc);
+				_mm512_store_ps(a, acc);
 			}
 		}
 	}

@@ -6,13 +6,18 @@
 
 #include <stdint.h>
 
-/* One full tile of 16 tokens of a 4-bit K page and a 4-bit V page. */
+#define ATTN_CHUNK_TILES 4
+
+/* Up to four consecutive tiles (16 tokens each) of a 4-bit K page and a
+ * 4-bit V page: tile t starts at kbits + t * tile_bytes. */
 struct attn_tile {
-	const uint8_t *kbits, *vbits;        /* the tiles' packed words */
-	const uint16_t *knorms, *vnorms;     /* 16 fp16 norms each */
+	const uint8_t *kbits, *vbits;        /* the first tile's packed words */
+	uint32_t tile_bytes;
+	unsigned n_tiles;
+	const uint16_t *knorms, *vnorms;     /* 16 fp16 norms per tile */
 	const float *vcent;                  /* V centroids (16) */
 	unsigned d;                          /* padded dim */
-	uint16_t valid;                      /* tokens inside [lo, pos] */
+	uint16_t valid[ATTN_CHUNK_TILES];    /* tokens inside [lo, pos] */
 };
 
 /* A query head's running softmax, shared with the portable path. */

@@ -221,29 +221,40 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 
 		for (unsigned k = 0; k < g; k++)
 			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
-		for (uint64_t t0 = lo / TILE * TILE; t0 <= pos && t0 < published; t0 += TILE) {
+		/* Chunks of up to four tiles inside one block. */
+		for (uint64_t t0 = lo / TILE * TILE; t0 <= pos && t0 < published;) {
 			uint64_t b = t0 / v->block_tokens, in = t0 % v->block_tokens;
+			uint64_t end = (b + 1) * v->block_tokens;
 			struct page_ref kp, vp;
 			struct attn_tile tile;
-			uint16_t valid = 0;
 			int r = page_of(v, b, head, 0, &kp);
 
 			if (r >= 0)
 				r = page_of(v, b, head, 1, &vp);
 			if (r < 0)
 				return r;
-			for (unsigned t = 0; t < TILE; t++)
-				if (t0 + t >= lo && t0 + t <= pos)
-					valid |= (uint16_t)(1u << t);
+			if (end > published)
+				end = published;
+			if (end > pos + 1)
+				end = (pos + 1 + TILE - 1) / TILE * TILE;
 			tile = (struct attn_tile){
 				.kbits = kp.base + kp.h->tiles_offset + (in / TILE) * kp.h->tile_bytes,
 				.vbits = vp.base + vp.h->tiles_offset + (in / TILE) * vp.h->tile_bytes,
+				.tile_bytes = kp.h->tile_bytes,
 				.knorms = (const uint16_t *)(kp.base + kp.h->norms_offset) + in,
 				.vnorms = (const uint16_t *)(vp.base + vp.h->norms_offset) + in,
 				.vcent = vc->cent_hi,
 				.d = vc->d,
-				.valid = valid,
 			};
+			while (tile.n_tiles < ATTN_CHUNK_TILES && t0 + tile.n_tiles * TILE < end) {
+				uint64_t first = t0 + tile.n_tiles * TILE;
+				uint16_t valid = 0;
+
+				for (unsigned t = 0; t < TILE; t++)
+					if (first + t >= lo && first + t <= pos)
+						valid |= (uint16_t)(1u << t);
+				tile.valid[tile.n_tiles++] = valid;
+			}
 			for (unsigned k0 = 0; k0 < g; k0 += 8) {
 				unsigned n = g - k0 < 8 ? g - k0 : 8;
 
@@ -252,6 +263,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 									  &st[k0 + k].l, st[k0 + k].lanes, &st[k0 + k] };
 				attn_tile_tq4_avx512(&tile, ls, n);
 			}
+			t0 += tile.n_tiles * TILE;
 		}
 		for (unsigned k = 0; k < g; k++)
 			attn_lanes_fold_avx512(st[k].lanes, vc->d, st[k].acc_rot);
