@@ -352,14 +352,7 @@ TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct t
 		goto out;
 	}
 	/* The same model arithmetic as the daemon's; refuse any disagreement. */
-	lim = (struct model_limits){
-		.max_layers = c->hello.max_layers,
-		.max_kv_heads = c->hello.max_kv_heads,
-		.max_head_dim = c->hello.max_head_dim,
-		.max_sequences = c->hello.max_sequences,
-		.max_tokens_per_sequence = c->hello.max_tokens_per_sequence,
-		.block_tokens = c->hello.block_tokens,
-	};
+	model_limits_from_hello(&c->hello, &lim);
 	r = model_new(&reg, m->layers, &lim, &c->model, c->error, sizeof(c->error));
 	if (r < 0)
 		goto out;

@@ -390,11 +390,10 @@ static void schedule(struct sequence *q)
 
 /* ---- requests ------------------------------------------------------- */
 
-static int do_hello(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+/* What HELLO announces; REGISTER_MODEL checks models against the same. */
+static void hello_reply(const struct tqkvd_config *cfg, struct tqkv_hello_reply *ret)
 {
-	const struct tqkvd_config *cfg = c->server->cfg;
-	struct tqkv_hello req;
-	struct tqkv_hello_reply rep = {
+	*ret = (struct tqkv_hello_reply){
 		.version = TQKV_PROTOCOL_VERSION,
 		.block_tokens = cfg->block_tokens,
 		.max_message_bytes = cfg->limits.max_message_bytes,
@@ -405,7 +404,14 @@ static int do_hello(struct client *c, const struct tqkv_msg_header *h, struct ms
 		.max_sequences = cfg->limits.max_sequences_per_client,
 		.max_tokens_per_sequence = cfg->limits.max_tokens_per_sequence,
 	};
+}
 
+static int do_hello(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	struct tqkv_hello req;
+	struct tqkv_hello_reply rep;
+
+	hello_reply(c->server->cfg, &rep);
 	msg_read(rd, &req, sizeof(req));
 	if (req.version_min > TQKV_PROTOCOL_VERSION || req.version_max < TQKV_PROTOCOL_VERSION_MIN ||
 	    req.version_min > req.version_max) {
@@ -449,15 +455,8 @@ static int create_staging(struct client *c)
 
 static int do_register(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
 {
-	const struct tqkvd_config *cfg = c->server->cfg;
-	struct model_limits lim = {
-		.max_layers = cfg->limits.max_layers,
-		.max_kv_heads = cfg->limits.max_kv_heads,
-		.max_head_dim = cfg->limits.max_head_dim,
-		.max_sequences = cfg->limits.max_sequences_per_client,
-		.max_tokens_per_sequence = cfg->limits.max_tokens_per_sequence,
-		.block_tokens = cfg->block_tokens,
-	};
+	struct tqkv_hello_reply announced;
+	struct model_limits lim;
 	struct tqkv_register_model reg;
 	struct tqkv_layer_desc *layers;
 	char err[256];
@@ -465,6 +464,8 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 
 	if (c->model)
 		return reply_error(c, h->opcode, h->serial, EALREADY, "a model is already registered");
+	hello_reply(c->server->cfg, &announced);
+	model_limits_from_hello(&announced, &lim);
 	msg_read(rd, &reg, sizeof(reg));
 	if (reg.n_layers == 0 || reg.n_layers > lim.max_layers ||
 	    msg_remaining(rd) != (size_t)reg.n_layers * sizeof(*layers)) {
@@ -560,17 +561,32 @@ static int do_seq_open(struct client *c, const struct tqkv_msg_header *h)
 	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
 }
 
+/* Reads a request that starts with a sequence id (the size was checked
+ * against the opcode's spec) and finds the sequence; replies ENOENT if
+ * there is none. */
+static int read_seq_request(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd, void *req,
+			    size_t size, struct sequence **ret)
+{
+	uint32_t id;
+
+	msg_read(rd, req, size);
+	memcpy(&id, req, sizeof(id));
+	*ret = find_seq(c, id);
+	if (!*ret)
+		return reply_error(c, h->opcode, h->serial, ENOENT, "no open sequence %u", id);
+	return 1;
+}
+
 static int do_seq_tokens(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
 {
 	const struct model *m = c->model;
 	struct tqkv_seq_tokens req;
 	struct tqkv_seq_tokens_reply rep;
 	struct sequence *q;
+	int r = read_seq_request(c, h, rd, &req, sizeof(req), &q);
 
-	msg_read(rd, &req, sizeof(req));
-	q = find_seq(c, req.seq_id);
-	if (!q)
-		return reply_error(c, h->opcode, h->serial, ENOENT, "no open sequence %u", req.seq_id);
+	if (r <= 0 || !q)
+		return r;
 	if (h->opcode == TQKV_OP_SEQ_COMMIT) {
 		if (req.n_tokens < q->committed)
 			return reply_error(c, h->opcode, h->serial, EINVAL, "commit of %u tokens is below %llu already committed",
@@ -604,11 +620,10 @@ static int do_seq_close(struct client *c, const struct tqkv_msg_header *h, struc
 {
 	struct tqkv_seq_close req;
 	struct sequence *q;
+	int r = read_seq_request(c, h, rd, &req, sizeof(req), &q);
 
-	msg_read(rd, &req, sizeof(req));
-	q = find_seq(c, req.seq_id);
-	if (!q)
-		return reply_error(c, h->opcode, h->serial, ENOENT, "no open sequence %u", req.seq_id);
+	if (r <= 0 || !q)
+		return r;
 	seq_close(q);
 	return reply(c, h->opcode, h->serial, NULL, 0);
 }

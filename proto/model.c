@@ -170,3 +170,15 @@ void model_rows_mean(const uint16_t *rows, size_t stride, uint32_t n, uint32_t d
 	for (uint32_t j = 0; j < d; j++)
 		out[j] /= (float)n;
 }
+
+void model_limits_from_hello(const struct tqkv_hello_reply *h, struct model_limits *ret)
+{
+	*ret = (struct model_limits){
+		.max_layers = h->max_layers,
+		.max_kv_heads = h->max_kv_heads,
+		.max_head_dim = h->max_head_dim,
+		.max_sequences = h->max_sequences,
+		.max_tokens_per_sequence = h->max_tokens_per_sequence,
+		.block_tokens = h->block_tokens,
+	};
+}

@@ -44,6 +44,10 @@ struct model {
 	struct model_layer *layers;
 };
 
+/* The limits a model is checked against, as the HELLO reply announces
+ * them: both sides derive them from the same message. */
+void model_limits_from_hello(const struct tqkv_hello_reply *h, struct model_limits *ret);
+
 /*
  * Validates a REGISTER_MODEL payload (header + layers) against limits and
  * builds the model.  Returns 0, -EINVAL with a message in err (e.g.

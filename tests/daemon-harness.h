@@ -230,6 +230,21 @@ static inline long long stats_value(const char *text, const char *key)
 	return -1;
 }
 
+static inline long long daemon_stat(const struct test_daemon *d, const char *key);
+
+/* The worker publishes a block before the loop hears of it, so counters
+ * may trail what a client already sees by a moment: poll (2 s at most). */
+static inline long long daemon_stat_eventually(const struct test_daemon *d, const char *key, long long want)
+{
+	long long v = daemon_stat(d, key);
+
+	for (int i = 0; i < 200 && v != want; i++) {
+		sleep_ms(10);
+		v = daemon_stat(d, key);
+	}
+	return v;
+}
+
 static inline long long daemon_stat(const struct test_daemon *d, const char *key)
 {
 	struct tqkv_client *c;

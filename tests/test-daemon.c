@@ -176,10 +176,10 @@ Test(daemon, two_clients_append_and_read_back, .timeout = 120)
 		cr_assert_eq(waitpid(kids[i], &status, 0), kids[i]);
 		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "client %d failed: %#x", i, status);
 	}
+	/* 300 and 341 tokens, two sequences each: 4 + 4 + 5 + 5 blocks. */
+	cr_assert_eq(daemon_stat_eventually(&d, "blocks_compressed", 18), 18);
 	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
 	cr_assert_eq(tqkv_client_stats(c, &text), 0);
-	/* 300 and 341 tokens, two sequences each: 4 + 4 + 5 + 5 blocks. */
-	cr_assert_eq(stats_value(text, "blocks_compressed"), 18, "%s", text);
 	cr_assert_eq(stats_value(text, "sequences"), 0);
 	cr_assert_eq(stats_value(text, "blocks_live"), 0);
 	free(text);
@@ -202,6 +202,7 @@ Test(daemon, stats_show_compression, .timeout = 60)
 	cr_assert_eq(tqkv_seq_open(c, &s), 0);
 	append_tokens(s, 5, 0, 200);
 	cr_assert_eq(tqkv_seq_wait(s, 192), 0);
+	cr_assert_eq(daemon_stat_eventually(&d, "blocks_live", 3), 3);
 	cr_assert_eq(tqkv_client_stats(c, &text), 0);
 	cr_assert_eq(stats_value(text, "sequences"), 1);
 	cr_assert_eq(stats_value(text, "blocks_live"), 3);
@@ -255,10 +256,10 @@ Test(daemon, killed_client_is_cleaned_up, .timeout = 60)
 	for (int i = 0; i < 500 && daemon_stat(&d, "clients") > 1; i++)
 		sleep_ms(10);
 	sleep_ms(50);
-	cr_assert_eq(daemon_stat(&d, "staging_bytes"), 0);
-	cr_assert_eq(daemon_stat(&d, "sequences"), 0);
-	cr_assert_eq(daemon_stat(&d, "blocks_live"), 0);
-	cr_assert_eq(daemon_stat(&d, "arena_bytes_used"), 0);
+	cr_assert_eq(daemon_stat_eventually(&d, "staging_bytes", 0), 0);
+	cr_assert_eq(daemon_stat_eventually(&d, "sequences", 0), 0);
+	cr_assert_eq(daemon_stat_eventually(&d, "blocks_live", 0), 0);
+	cr_assert_eq(daemon_stat_eventually(&d, "arena_bytes_used", 0), 0);
 	cr_assert_eq(settled_fds(d.pid, fds_before), fds_before, "fds before %d, after %d", fds_before,
 		     count_fds(d.pid));
 	daemon_stop(&d);
