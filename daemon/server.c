@@ -503,8 +503,9 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 
 		fds[0] = arena_fd(c->server->arena);
 		fds[1] = c->staging_fd;
-		log_info("client %u (pid %d): registered model %016llx, %u layers, %u bytes per token", c->id,
-			 (int)c->pid, (unsigned long long)reg.fingerprint, reg.n_layers, c->model->token_bytes);
+		if (ratelimit_below(&c->server->rl))  /* clients can register at any rate */
+			log_info("client %u (pid %d): registered model %016llx, %u layers, %u bytes per token", c->id,
+				 (int)c->pid, (unsigned long long)reg.fingerprint, reg.n_layers, c->model->token_bytes);
 		return send_msg(c, h->opcode, TQKV_MSG_REPLY, h->serial, &rep, sizeof(rep), fds, 2);
 	}
 }
