@@ -13,6 +13,8 @@
 #include <math.h>
 #include <string.h>
 
+#include <tqkv/codec.h>
+
 #include "attention-private.h"
 
 /* e^x for x <= 0 (scores minus the running max), relative error ~1e-7. */
@@ -63,6 +65,43 @@ static void chunk_scores(const struct attn_tile *tile, const struct attn_lane_st
 		s[t] = _mm512_add_ps(s2[t][0], s2[t][1]);
 }
 
+/* One softmax update per chunk for query head k: scores s[t] become
+ * weights times value norms p[t]. */
+static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *st, __m512 *s, __m512 *p)
+{
+	const unsigned nt = tile->n_tiles;
+	float m_chunk = -INFINITY, m_new, sum = 0;
+
+	for (unsigned t = 0; t < nt; t++) {
+		__m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->knorms + 16 * t)));
+		float m;
+
+		s[t] = _mm512_add_ps(_mm512_mul_ps(s[t], kn), _mm512_set1_ps(st->q_mean));
+		s[t] = _mm512_mask_blend_ps(tile->valid[t], _mm512_set1_ps(-INFINITY), s[t]);
+		m = _mm512_reduce_max_ps(s[t]);
+		m_chunk = m > m_chunk ? m : m_chunk;
+	}
+	m_new = m_chunk > *st->m ? m_chunk : *st->m;
+	if (m_new > *st->m) {
+		float f = expf(*st->m - m_new);
+		__m512 fv = _mm512_set1_ps(f);
+
+		*st->l *= f;
+		for (unsigned i = 0; i < tile->d; i++)
+			_mm512_store_ps(st->lanes + i * 16, _mm512_mul_ps(_mm512_load_ps(st->lanes + i * 16), fv));
+		attn_rescale_scalar(st, f);
+		*st->m = m_new;
+	}
+	for (unsigned t = 0; t < nt; t++) {
+		__m512 vn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->vnorms + 16 * t)));
+
+		p[t] = _mm512_maskz_mov_ps(tile->valid[t], exp_ps(_mm512_sub_ps(s[t], _mm512_set1_ps(m_new))));
+		sum += _mm512_reduce_add_ps(p[t]);
+		p[t] = _mm512_mul_ps(p[t], vn);
+	}
+	*st->l += sum;
+}
+
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
 	const unsigned D = tile->d, W = D / 8, nt = tile->n_tiles;
@@ -73,40 +112,11 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 		_mm_prefetch((const char *)tile->kbits + (nt + t) * tile->tile_bytes, _MM_HINT_T0);
 		_mm_prefetch((const char *)tile->vbits + (nt + t) * tile->tile_bytes, _MM_HINT_T0);
 	}
-	/* Scores, one softmax update per chunk, weights times value norms. */
 	for (unsigned k = 0; k < g; k++) {
 		__m512 s[ATTN_CHUNK_TILES];
-		float m_chunk = -INFINITY, m_new, sum = 0;
 
 		chunk_scores(tile, &st[k], s);
-		for (unsigned t = 0; t < nt; t++) {
-			__m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->knorms + 16 * t)));
-			float m;
-
-			s[t] = _mm512_add_ps(_mm512_mul_ps(s[t], kn), _mm512_set1_ps(st[k].q_mean));
-			s[t] = _mm512_mask_blend_ps(tile->valid[t], _mm512_set1_ps(-INFINITY), s[t]);
-			m = _mm512_reduce_max_ps(s[t]);
-			m_chunk = m > m_chunk ? m : m_chunk;
-		}
-		m_new = m_chunk > *st[k].m ? m_chunk : *st[k].m;
-		if (m_new > *st[k].m) {
-			float f = expf(*st[k].m - m_new);
-			__m512 fv = _mm512_set1_ps(f);
-
-			*st[k].l *= f;
-			for (unsigned i = 0; i < D; i++)
-				_mm512_store_ps(st[k].lanes + i * 16, _mm512_mul_ps(_mm512_load_ps(st[k].lanes + i * 16), fv));
-			attn_rescale_scalar(&st[k], f);
-			*st[k].m = m_new;
-		}
-		for (unsigned t = 0; t < nt; t++) {
-			__m512 vn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->vnorms + 16 * t)));
-
-			p[k][t] = _mm512_maskz_mov_ps(tile->valid[t], exp_ps(_mm512_sub_ps(s[t], _mm512_set1_ps(m_new))));
-			sum += _mm512_reduce_add_ps(p[k][t]);
-			p[k][t] = _mm512_mul_ps(p[k][t], vn);
-		}
-		*st[k].l += sum;
+		chunk_softmax(tile, &st[k], s, p[k]);
 	}
 	/* Values: per coordinate, each tile's centroids, weighted; the
 	 * accumulator is loaded and stored once per chunk. */
@@ -129,6 +139,76 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 					acc = _mm512_fmadd_ps(p[k][t], c[t], acc);
 				_mm512_store_ps(a, acc);
 			}
+		}
+	}
+}
+
+/* Unpacks a tile's planes: idx[i] holds coordinate i's index for the 16
+ * tokens (one per lane).  Words of 16 bits (tiny planes) are widened. */
+static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512i *idx)
+{
+	for (unsigned i = 0; i < l->padded_dim; i++)
+		idx[i] = _mm512_setzero_si512();
+	for (unsigned p = 0; p < l->n_planes; p++) {
+		const struct tqkv_plane *pl = &l->planes[p];
+		const __m512i mask = _mm512_set1_epi32((1 << pl->bits) - 1);
+		unsigned fields = pl->n_coords / pl->words;
+
+		for (unsigned w = 0; w < pl->words; w++) {
+			__m512i word = pl->word_bits == 32
+				? _mm512_loadu_si512(bits + pl->offset + w * 64)
+				: _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(bits + pl->offset + w * 32)));
+
+			for (unsigned f = 0; f < fields; f++) {
+				__m512i v = _mm512_and_si512(_mm512_srli_epi32(word, f * pl->bits), mask);
+				unsigned i = pl->first_coord + w + f * pl->words;
+
+				idx[i] = _mm512_or_si512(idx[i], _mm512_slli_epi32(v, pl->shift));
+			}
+		}
+	}
+}
+
+void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
+{
+	const unsigned D = tile->d, nt = tile->n_tiles;
+	const __m512 vc_hi = _mm512_loadu_ps(tile->vcent), vc_lo = _mm512_loadu_ps(tile->vcent_lo);
+	__m512i *kidx = (__m512i *)tile->idx, *vidx = kidx + ATTN_CHUNK_TILES * D;
+	__m512 p[8][ATTN_CHUNK_TILES];
+
+	for (unsigned t = 0; t < nt; t++) {
+		unpack_tile(tile->klayout, tile->kbits + t * tile->tile_bytes, kidx + t * D);
+		unpack_tile(tile->vlayout, tile->vbits + t * tile->vtile_bytes, vidx + t * D);
+	}
+	for (unsigned k = 0; k < g; k++) {
+		__m512 s[ATTN_CHUNK_TILES], s2[ATTN_CHUNK_TILES];
+
+		for (unsigned t = 0; t < nt; t++)
+			s[t] = s2[t] = _mm512_setzero_ps();
+		for (unsigned i = 0; i < D; i += 2) {
+			__m512 r0 = _mm512_loadu_ps(st[k].table + i * 16), r1 = _mm512_loadu_ps(st[k].table + i * 16 + 16);
+
+			for (unsigned t = 0; t < nt; t++) {
+				s[t] = _mm512_add_ps(s[t], _mm512_permutexvar_ps(kidx[t * D + i], r0));
+				s2[t] = _mm512_add_ps(s2[t], _mm512_permutexvar_ps(kidx[t * D + i + 1], r1));
+			}
+		}
+		for (unsigned t = 0; t < nt; t++)
+			s[t] = _mm512_add_ps(s[t], s2[t]);
+		chunk_softmax(tile, &st[k], s, p[k]);
+	}
+	for (unsigned i = 0; i < D; i++) {
+		__m512 cent = i < tile->vsplit ? vc_hi : vc_lo, c[ATTN_CHUNK_TILES];
+
+		for (unsigned t = 0; t < nt; t++)
+			c[t] = _mm512_permutexvar_ps(vidx[t * D + i], cent);
+		for (unsigned k = 0; k < g; k++) {
+			float *a = st[k].lanes + i * 16;
+			__m512 acc = _mm512_load_ps(a);
+
+			for (unsigned t = 0; t < nt; t++)
+				acc = _mm512_fmadd_ps(p[k][t], c[t], acc);
+			_mm512_store_ps(a, acc);
 		}
 	}
 }

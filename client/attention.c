@@ -52,15 +52,20 @@ void attn_rescale_scalar(struct attn_lane_state *ls, float f)
 			st->acc_rot[j] *= f;
 }
 
-/* Whether the AVX-512 tile kernel serves this pair of streams. */
+/* Whether an AVX-512 tile kernel serves this pair of streams. */
 static bool fast_tiles(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
 {
 #ifdef TQKV_HAVE_X86_SIMD
-	return kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->params.kind == TQKV_KIND_TQ4 &&
-	       vc->params.kind == TQKV_KIND_TQ4 && kc->d == vc->d && cpu_has_isa(CPU_ISA_AVX512);
+	return kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->d == vc->d &&
+	       cpu_has_isa(CPU_ISA_AVX512);
 #else
 	return false;
 #endif
+}
+
+static bool both_tq4(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
+{
+	return kc->params.kind == TQKV_KIND_TQ4 && vc->params.kind == TQKV_KIND_TQ4;
 }
 
 struct kv_job {
@@ -199,7 +204,7 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 
 /* Attends one KV head for one query token at pos with g query heads. */
 static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a, uint64_t pos,
-		       struct head_state *st, unsigned g, float *out, float *scratch)
+		       struct head_state *st, unsigned g, float *out, float *scratch, uint32_t *idx_scratch)
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
 	unsigned d = v->head_dim, D = kc->d > vc->d ? kc->d : vc->d;
@@ -241,10 +246,16 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 				.kbits = kp.base + kp.h->tiles_offset + (in / TILE) * kp.h->tile_bytes,
 				.vbits = vp.base + vp.h->tiles_offset + (in / TILE) * vp.h->tile_bytes,
 				.tile_bytes = kp.h->tile_bytes,
+				.vtile_bytes = vp.h->tile_bytes,
 				.knorms = (const uint16_t *)(kp.base + kp.h->norms_offset) + in,
 				.vnorms = (const uint16_t *)(vp.base + vp.h->norms_offset) + in,
 				.vcent = vc->cent_hi,
+				.vcent_lo = vc->cent_lo,
+				.vsplit = vc->split,
 				.d = vc->d,
+				.klayout = &kc->layout,
+				.vlayout = &vc->layout,
+				.idx = idx_scratch,
 			};
 			while (tile.n_tiles < ATTN_CHUNK_TILES && t0 + tile.n_tiles * TILE < end) {
 				uint64_t first = t0 + tile.n_tiles * TILE;
@@ -261,7 +272,10 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 				for (unsigned k = 0; k < n; k++)
 					ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].q_mean, &st[k0 + k].m,
 									  &st[k0 + k].l, st[k0 + k].lanes, &st[k0 + k] };
-				attn_tile_tq4_avx512(&tile, ls, n);
+				if (both_tq4(kc, vc))
+					attn_tile_tq4_avx512(&tile, ls, n);
+				else
+					attn_tile_tq_avx512(&tile, ls, n);
 			}
 			t0 += tile.n_tiles * TILE;
 		}
@@ -342,8 +356,10 @@ static void *run_job(void *arg)
 	struct head_state *st = calloc(g, sizeof(*st));
 	float *mem = malloc(sizeof(float) * ((size_t)g * (3 * D + 16 * D) + 2 * D));
 	float *lanes = aligned_alloc(64, sizeof(float) * (size_t)g * 16 * D);
+	/* Unpacked indices of a chunk, K and V (any-bit tile kernel). */
+	uint32_t *idx = aligned_alloc(64, sizeof(uint32_t) * 2 * ATTN_CHUNK_TILES * 16 * D);
 
-	if (!st || !mem || !lanes) {
+	if (!st || !mem || !lanes || !idx) {
 		j->result = -ENOMEM;
 		goto out;
 	}
@@ -366,13 +382,15 @@ static void *run_job(void *arg)
 			for (unsigned k = 0; k < g; k++)
 				st[k].acc_rot = v_tq ? mem + (size_t)k * (3 * D + 16 * D) + D : NULL;
 			prepare_queries(v, h, j->a, q, st, g);
-			j->result = attend_head(v, h, j->a, j->a->position + i, st, g, out, mem + (size_t)g * (3 * D + 16 * D));
+			j->result = attend_head(v, h, j->a, j->a->position + i, st, g, out, mem + (size_t)g * (3 * D + 16 * D),
+						idx);
 		}
 	}
 out:
 	free(st);
 	free(mem);
 	free(lanes);
+	free(idx);
 	return NULL;
 }
 
