@@ -102,6 +102,21 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 	*st->l += sum;
 }
 
+/* lanes[i] += sum over tiles of weights * centroids, per query head: the
+ * accumulator is loaded and stored once per chunk. */
+static void accumulate_values(struct attn_lane_state *st, unsigned g, unsigned i, const __m512 *c,
+			      __m512 (*p)[ATTN_CHUNK_TILES], unsigned nt)
+{
+	for (unsigned k = 0; k < g; k++) {
+		float *a = st[k].lanes + i * 16;
+		__m512 acc = _mm512_load_ps(a);
+
+		for (unsigned t = 0; t < nt; t++)
+			acc = _mm512_fmadd_ps(p[k][t], c[t], acc);
+		_mm512_store_ps(a, acc);
+	}
+}
+
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
 	const unsigned D = tile->d, W = D / 8, nt = tile->n_tiles;
@@ -131,14 +146,7 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 
 			for (unsigned t = 0; t < nt; t++)
 				c[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(word[t], 4 * f), vcent);
-			for (unsigned k = 0; k < g; k++) {
-				float *a = st[k].lanes + i * 16;
-				__m512 acc = _mm512_load_ps(a);
-
-				for (unsigned t = 0; t < nt; t++)
-					acc = _mm512_fmadd_ps(p[k][t], c[t], acc);
-				_mm512_store_ps(a, acc);
-			}
+			accumulate_values(st, g, i, c, p, nt);
 		}
 	}
 }
@@ -202,14 +210,7 @@ void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *s
 
 		for (unsigned t = 0; t < nt; t++)
 			c[t] = _mm512_permutexvar_ps(vidx[t * D + i], cent);
-		for (unsigned k = 0; k < g; k++) {
-			float *a = st[k].lanes + i * 16;
-			__m512 acc = _mm512_load_ps(a);
-
-			for (unsigned t = 0; t < nt; t++)
-				acc = _mm512_fmadd_ps(p[k][t], c[t], acc);
-			_mm512_store_ps(a, acc);
-		}
+		accumulate_values(st, g, i, c, p, nt);
 	}
 }
 
