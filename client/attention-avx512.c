@@ -152,11 +152,11 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 }
 
 /* Unpacks a tile's planes: idx[i] holds coordinate i's index for the 16
- * tokens (one per lane).  Words of 16 bits (tiny planes) are widened. */
+ * tokens (one per lane).  Words of 16 bits (tiny planes) are widened.  The
+ * plane with an index's low bits comes first for its coordinates (codec.c),
+ * so it assigns and the others OR. */
 static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512i *idx)
 {
-	for (unsigned i = 0; i < l->padded_dim; i++)
-		idx[i] = _mm512_setzero_si512();
 	for (unsigned p = 0; p < l->n_planes; p++) {
 		const struct tqkv_plane *pl = &l->planes[p];
 		const __m512i mask = _mm512_set1_epi32((1 << pl->bits) - 1);
@@ -171,7 +171,7 @@ static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512
 				__m512i v = _mm512_and_si512(_mm512_srli_epi32(word, f * pl->bits), mask);
 				unsigned i = pl->first_coord + w + f * pl->words;
 
-				idx[i] = _mm512_or_si512(idx[i], _mm512_slli_epi32(v, pl->shift));
+				idx[i] = pl->shift ? _mm512_or_si512(idx[i], _mm512_slli_epi32(v, pl->shift)) : v;
 			}
 		}
 	}
