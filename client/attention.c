@@ -155,21 +155,31 @@ static float tile_score(const struct tqkv_codec *kc, const struct head_state *st
 	return dot(st->q, krow, d);
 }
 
+/* A page checked against its codec: offsets come from the codec's own
+ * geometry, never from the (shared, untrusted) header. */
 struct page_ref {
 	const uint8_t *base;
-	const struct tqkv_page_header *h;
+	uint32_t tiles_offset, norms_offset, tile_bytes;
 };
 
 static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t head, unsigned stream,
 		   struct page_ref *ret)
 {
+	const struct tqkv_codec *c = v->codecs[head * 2 + stream];
+	struct page_geometry g;
+	uint32_t n_tokens;
 	size_t size;
 	const void *p = tqkv_view_page(v, block, head, stream, &size);
+	int r;
 
 	if (!p)
 		return -EBADMSG;
-	ret->base = p;
-	ret->h = p;
+	r = page_check(c, p, size, stream == 0 && v->key_mean, &g, &n_tokens);
+	if (r < 0)
+		return r;
+	if (n_tokens != v->block_tokens)
+		return -EBADMSG;
+	*ret = (struct page_ref){ p, g.tiles, g.norms, c->layout.tile_bytes };
 	return 0;
 }
 
@@ -243,12 +253,12 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			if (end > pos + 1)
 				end = (pos + 1 + TILE - 1) / TILE * TILE;
 			tile = (struct attn_tile){
-				.kbits = kp.base + kp.h->tiles_offset + (in / TILE) * kp.h->tile_bytes,
-				.vbits = vp.base + vp.h->tiles_offset + (in / TILE) * vp.h->tile_bytes,
-				.tile_bytes = kp.h->tile_bytes,
-				.vtile_bytes = vp.h->tile_bytes,
-				.knorms = (const uint16_t *)(kp.base + kp.h->norms_offset) + in,
-				.vnorms = (const uint16_t *)(vp.base + vp.h->norms_offset) + in,
+				.kbits = kp.base + kp.tiles_offset + (in / TILE) * kp.tile_bytes,
+				.vbits = vp.base + vp.tiles_offset + (in / TILE) * vp.tile_bytes,
+				.tile_bytes = kp.tile_bytes,
+				.vtile_bytes = vp.tile_bytes,
+				.knorms = (const uint16_t *)(kp.base + kp.norms_offset) + in,
+				.vnorms = (const uint16_t *)(vp.base + vp.norms_offset) + in,
 				.vcent = vc->cent_hi,
 				.vcent_lo = vc->cent_lo,
 				.vsplit = vc->split,
@@ -294,10 +304,10 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			r = page_of(v, b, head, 1, &vp);
 		if (r < 0)
 			return r;
-		kbits = kp.base + kp.h->tiles_offset + (in / TILE) * kp.h->tile_bytes;
-		vbits = vp.base + vp.h->tiles_offset + (in / TILE) * vp.h->tile_bytes;
-		kn = kp.h->norms_offset ? (const uint16_t *)(kp.base + kp.h->norms_offset) + in : NULL;
-		vn = vp.h->norms_offset ? (const uint16_t *)(vp.base + vp.h->norms_offset) + in : NULL;
+		kbits = kp.base + kp.tiles_offset + (in / TILE) * kp.tile_bytes;
+		vbits = vp.base + vp.tiles_offset + (in / TILE) * vp.tile_bytes;
+		kn = kp.norms_offset ? (const uint16_t *)(kp.base + kp.norms_offset) + in : NULL;
+		vn = vp.norms_offset ? (const uint16_t *)(vp.base + vp.norms_offset) + in : NULL;
 		for (unsigned t = 0; t < TILE; t++) {
 			uint64_t tok = t0 + t;
 
@@ -403,7 +413,7 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 	int r = 0;
 
 	if (!v || !q || !a || !out || n == 0 || v->n_kv_heads == 0 || a->n_q_heads % v->n_kv_heads ||
-	    a->n_q_heads == 0 || a->position + n > v->n_tokens)
+	    a->n_q_heads == 0 || n > v->n_tokens || a->position > v->n_tokens - n)
 		return -EINVAL;
 	threads = a->threads ? a->threads : 1;
 	if (threads > v->n_kv_heads)

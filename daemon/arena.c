@@ -10,12 +10,13 @@
 #include "arena.h"
 
 #define ARENA_ALIGN 64u
-#define SIZE_CLASSES_MAX 64
 
-/* Freed chunks of one size, linked through their first 8 bytes. */
-struct size_class {
-	uint64_t size;
-	uint64_t head;   /* offset of the first free chunk, 0 = none */
+/* A free range below the bump pointer.  The list is kept sorted by offset
+ * and neighbours are merged, so freed memory is never stranded whatever
+ * sizes clients use; a range that reaches the top lowers the top. */
+struct free_range {
+	struct free_range *next;
+	uint64_t offset, size;
 };
 
 struct arena {
@@ -25,8 +26,7 @@ struct arena {
 	uint64_t top;    /* bump pointer */
 	uint64_t populated;  /* pages below this were faulted in ahead of use */
 	uint64_t used;
-	unsigned n_classes;
-	struct size_class classes[SIZE_CLASSES_MAX];
+	struct free_range *free;
 };
 
 int arena_new(uint64_t size, struct arena **ret)
@@ -72,6 +72,12 @@ void arena_free(struct arena *a)
 {
 	if (!a)
 		return;
+	while (a->free) {
+		struct free_range *f = a->free;
+
+		a->free = f->next;
+		free(f);
+	}
 	if (a->base)
 		munmap(a->base, a->size);
 	if (a->fd >= 0)
@@ -99,17 +105,6 @@ uint64_t arena_bytes_used(const struct arena *a)
 	return a->used;
 }
 
-static struct size_class *class_of(struct arena *a, uint64_t size, int create)
-{
-	for (unsigned i = 0; i < a->n_classes; i++)
-		if (a->classes[i].size == size)
-			return &a->classes[i];
-	if (!create || a->n_classes == SIZE_CLASSES_MAX)
-		return NULL;
-	a->classes[a->n_classes] = (struct size_class){ .size = size };
-	return &a->classes[a->n_classes++];
-}
-
 /* Faults fresh pages in bulk, on the loop thread, a few MiB ahead of the
  * bump pointer: one madvise is much cheaper than a page fault per 4 KiB in
  * the worker's encoder.  Best effort (Linux >= 5.14). */
@@ -131,54 +126,82 @@ static void populate_ahead(struct arena *a)
 
 int arena_alloc(struct arena *a, uint64_t size, uint64_t *ret_offset)
 {
-	struct size_class *c;
+	struct free_range **pp;
 	uint64_t off;
 
 	if (size == 0)
 		return -EINVAL;
 	size = (size + ARENA_ALIGN - 1) & ~(uint64_t)(ARENA_ALIGN - 1);
-	c = class_of(a, size, 0);
-	if (c && c->head) {
-		off = c->head;
-		memcpy(&c->head, a->base + off, sizeof(c->head));
-	} else {
-		if (size > a->size - a->top)
-			return -ENOMEM;
-		off = a->top;
-		a->top += size;
-		populate_ahead(a);
+	/* First fit among freed ranges, then the bump pointer. */
+	for (pp = &a->free; *pp; pp = &(*pp)->next) {
+		struct free_range *f = *pp;
+
+		if (f->size < size)
+			continue;
+		off = f->offset;
+		f->offset += size;
+		f->size -= size;
+		if (f->size == 0) {
+			*pp = f->next;
+			free(f);
+		}
+		a->used += size;
+		*ret_offset = off;
+		return 0;
 	}
+	if (size > a->size - a->top)
+		return -ENOMEM;
+	off = a->top;
+	a->top += size;
+	populate_ahead(a);
 	a->used += size;
 	*ret_offset = off;
 	return 0;
 }
 
+/* Gives whole pages of a large free range back to the kernel. */
+static void discard_pages(struct arena *a, uint64_t offset, uint64_t size)
+{
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t start = (offset + page - 1) & ~(page - 1), end = (offset + size) & ~(page - 1);
+
+	if (size >= (1u << 20) && end > start)
+		madvise(a->base + start, end - start, MADV_REMOVE);
+}
+
 void arena_release(struct arena *a, uint64_t offset, uint64_t size)
 {
-	struct size_class *c;
+	struct free_range **pp, *prev = NULL, *f;
 
 	size = (size + ARENA_ALIGN - 1) & ~(uint64_t)(ARENA_ALIGN - 1);
 	a->used -= size;
-	if (offset + size == a->top) {
-		a->top = offset;
-		return;
+	for (pp = &a->free; *pp && (*pp)->offset < offset; pp = &(*pp)->next)
+		prev = *pp;
+	if (prev && prev->offset + prev->size == offset) {
+		prev->size += size;
+		f = prev;
+	} else {
+		f = malloc(sizeof(*f));
+		if (!f)
+			return;  /* out of memory: the range stays unused, never handed out twice */
+		*f = (struct free_range){ .next = *pp, .offset = offset, .size = size };
+		*pp = f;
 	}
-	c = class_of(a, size, 1);
-	if (!c) {
-		/* Out of classes: the chunk is lost until restart, but never
-		 * handed out twice. */
-		return;
-	}
-	memcpy(a->base + offset, &c->head, sizeof(c->head));
-	c->head = offset;
-	/* Give whole pages of large chunks back to the kernel (after the
-	 * free-list link). */
-	if (size >= 1u << 20) {
-		uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-		uint64_t start = (offset + sizeof(c->head) + page - 1) & ~(page - 1);
-		uint64_t end = (offset + size) & ~(page - 1);
+	if (f->next && f->offset + f->size == f->next->offset) {
+		struct free_range *n = f->next;
 
-		if (end > start)
-			madvise(a->base + start, end - start, MADV_REMOVE);
+		f->size += n->size;
+		f->next = n->next;
+		free(n);
 	}
+	if (f->offset + f->size == a->top) {
+		/* The last range: give it back to the bump pointer. */
+		for (pp = &a->free; *pp != f; pp = &(*pp)->next)
+			;
+		*pp = NULL;
+		a->top = f->offset;
+		free(f);
+		return;
+	}
+	discard_pages(a, f->offset, f->size);
 }

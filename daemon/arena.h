@@ -3,8 +3,8 @@
  * The arena: one memfd the daemon maps read-write and seals (no shrink, no
  * grow, no new writable mappings, no more seals) before any client sees it.
  * Clients map it read-only.  Everything in it is addressed by offset.
- * Allocation (loop thread only) is a bump pointer plus exact-size free
- * lists: blocks of one model all have the same size, so reuse is exact.
+ * Allocation (loop thread only) is first fit over a sorted list of freed
+ * ranges that merge with their neighbours, then a bump pointer.
  */
 #ifndef TQKVD_ARENA_H
 #define TQKVD_ARENA_H

@@ -45,9 +45,13 @@ struct sequence {
 	uint64_t committed;   /* tokens in staging, from COMMIT */
 	uint64_t n_blocks;    /* published, as the loop knows it */
 	bool job_in_flight, closed;
+	bool broken;          /* a block failed to compress: no more jobs */
 	struct job job;
 	struct waiter *waiters;
+	unsigned n_waiters;
 };
+
+#define WAITERS_MAX 64  /* deferred SEQ_WAIT replies per sequence */
 
 struct client {
 	struct client *next;
@@ -264,6 +268,15 @@ static void release_blocks(struct server *s, struct sequence *q)
 
 static void client_unref(struct client *c);
 
+/* Sequences may wait for memory (schedule() found the budget exhausted):
+ * whenever memory comes back, give every one of them another try. */
+static void retry_stalled(struct server *s)
+{
+	for (struct client *c = s->clients; c; c = c->next)
+		for (struct sequence *q = c->seqs; q; q = q->next)
+			schedule(q);
+}
+
 /* Frees a closed sequence once no job uses it. */
 static void seq_finalize(struct sequence *q)
 {
@@ -289,6 +302,7 @@ static void seq_finalize(struct sequence *q)
 		free(w);
 	}
 	free(q);
+	retry_stalled(s);
 }
 
 static void seq_close(struct sequence *q)
@@ -312,10 +326,17 @@ static void answer_waiters(struct sequence *q)
 	while (*pp) {
 		struct waiter *w = *pp;
 
-		if (published >= w->n_tokens || published >= reachable) {
+		if (q->broken) {
+			*pp = w->next;
+			q->n_waiters--;
+			reply_error(q->client, TQKV_OP_SEQ_WAIT, w->serial, EIO, "sequence %u: a block failed to compress",
+				    q->id);
+			free(w);
+		} else if (published >= w->n_tokens || published >= reachable) {
 			struct tqkv_seq_tokens_reply rep = { q->committed, published };
 
 			*pp = w->next;
+			q->n_waiters--;
 			reply(q->client, TQKV_OP_SEQ_WAIT, w->serial, &rep, sizeof(rep));
 			free(w);
 		} else {
@@ -339,6 +360,7 @@ static void on_job_done(struct job *j, void *userdata)
 		s->stats.encode_nsec += j->encode_nsec;
 	} else {
 		arena_release(s->arena, j->record_offset, c->model->block_bytes);
+		q->broken = true;  /* retrying would fail the same way, forever */
 		s->stats.compress_failures++;
 		if (ratelimit_below(&s->rl))
 			log_error_errno(j->result, "client %u: failed to compress block %llu of sequence %u", c->id,
@@ -350,6 +372,8 @@ static void on_job_done(struct job *j, void *userdata)
 		schedule(q);
 		answer_waiters(q);
 	}
+	if (j->result != 0)
+		retry_stalled(s);
 	client_unref(c);
 }
 
@@ -362,7 +386,7 @@ static void schedule(struct sequence *q)
 	uint64_t off;
 	struct job *j = &q->job;
 
-	if (q->job_in_flight || q->closed || c->dead || (q->n_blocks + 1) * m->block_tokens > q->committed)
+	if (q->job_in_flight || q->closed || q->broken || c->dead || (q->n_blocks + 1) * m->block_tokens > q->committed)
 		return;
 	if (arena_alloc(s->arena, m->block_bytes, &off) < 0) {
 		if (ratelimit_below(&s->rl))
@@ -602,14 +626,19 @@ static int do_seq_tokens(struct client *c, const struct tqkv_msg_header *h, stru
 		q->committed = req.n_tokens;
 		schedule(q);
 	} else {
-		struct waiter *w = calloc(1, sizeof(*w));
+		struct waiter *w;
 
+		if (q->n_waiters >= WAITERS_MAX)
+			return reply_error(c, h->opcode, h->serial, EBUSY, "%u SEQ_WAIT requests already pending",
+					   WAITERS_MAX);
+		w = calloc(1, sizeof(*w));
 		if (!w)
 			return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
 		w->serial = h->serial;
 		w->n_tokens = req.n_tokens;
 		w->next = q->waiters;
 		q->waiters = w;
+		q->n_waiters++;
 		answer_waiters(q);
 		return 0;
 	}

@@ -91,6 +91,20 @@ struct tqkv_codec {
 	float *qjl;             /* d x d Gaussian projection, row-major, QJL only */
 };
 
+/* Section offsets of a page of n_tokens for a codec (page.c). */
+struct page_geometry {
+	uint32_t n_tiles, tiles, norms, rnorms, bytes;
+};
+
+/*
+ * Checks an untrusted page (shared memory) against the codec: copies the
+ * header once, verifies magic, version, CRC, identity, flags (centered must
+ * match) and that every offset equals the geometry the codec computes.
+ * Readers then use only *ret_g.  Returns 0, -EBADMSG or -EINVAL.
+ */
+int page_check(const struct tqkv_codec *c, const void *page, size_t page_size, bool centered,
+	       struct page_geometry *ret_g, uint32_t *ret_n_tokens);
+
 /* Kernel sets; the SIMD ones exist only in x86 builds. */
 extern const struct codec_kernels codec_kernels_scalar;
 extern const struct codec_kernels codec_kernels_avx2;

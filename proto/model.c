@@ -112,7 +112,7 @@ int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_des
 	      const struct model_limits *limits, struct model **ret, char *err, size_t errlen)
 {
 	struct model *m;
-	uint64_t row = 0, pages_bytes = 0;
+	uint64_t row = 0, pages_bytes = 0, pages = 0, means = 0;
 	int r;
 
 	r = validate(reg, layers, limits, err, errlen);
@@ -137,19 +137,26 @@ int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_des
 			return r;
 		}
 		l->row_offset = (uint32_t)row;
-		l->page_index = m->n_pages;
+		l->page_index = (uint32_t)pages;
 		if (layers[i].kv_source >= 0)
 			continue;
 		row += 2ull * l->desc.n_kv_heads * l->desc.head_dim * 2u;
 		if (l->desc.flags & TQKV_LAYER_CENTER_KEYS) {
-			l->mean_index = m->mean_floats;
-			m->mean_floats += (uint32_t)l->desc.n_kv_heads * l->desc.head_dim;
+			l->mean_index = (uint32_t)means;
+			means += (uint64_t)l->desc.n_kv_heads * l->desc.head_dim;
 		}
-		m->n_pages += 2u * l->desc.n_kv_heads;
+		pages += 2u * l->desc.n_kv_heads;
 		pages_bytes += (uint64_t)l->desc.n_kv_heads * (l->page_bytes[0] + l->page_bytes[1]);
 	}
-	/* The limits keep these far below 2^32 (256 layers x 128 heads x 512). */
+	/* Raised limits could push these past 32 bits: refuse, never wrap. */
+	if (row > (1u << 30) || pages > (1u << 24) || means > (1u << 28)) {
+		model_free(m);
+		return fail(err, errlen, "model too large: %llu bytes per token, %llu pages per block",
+			    (unsigned long long)row, (unsigned long long)pages);
+	}
 	m->token_bytes = (uint32_t)row;
+	m->n_pages = (uint32_t)pages;
+	m->mean_floats = (uint32_t)means;
 	m->block_bytes = align64(MODEL_PAGE_TABLE_OFFSET + (uint64_t)m->n_pages * 8) + pages_bytes;
 	m->slot_bytes = align64((uint64_t)reg->staging_tokens * m->token_bytes);
 	*ret = m;

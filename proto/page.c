@@ -15,11 +15,6 @@ static size_t align64(size_t v)
 	return (v + TQKV_PAGE_ALIGN - 1) & ~(size_t)(TQKV_PAGE_ALIGN - 1);
 }
 
-/* Section offsets of a page of n_tokens for this codec. */
-struct page_geometry {
-	uint32_t n_tiles, tiles, norms, rnorms, bytes;
-};
-
 static void page_geometry(const struct tqkv_codec *c, uint32_t n_tokens, struct page_geometry *g)
 {
 	size_t off = TQKV_PAGE_ALIGN, side;
@@ -148,8 +143,8 @@ TQKV_EXPORT int tqkv_page_encode_f16(const struct tqkv_codec *codec, const uint1
  * Pages come from shared memory: every field is untrusted, and another
  * process may change them at any time, so the header is copied once and
  * only the copy and the geometry recomputed from the codec are used. */
-static int page_check(const struct tqkv_codec *c, const void *page, size_t page_size, bool centered,
-		      struct page_geometry *ret_g, uint32_t *ret_n_tokens)
+int page_check(const struct tqkv_codec *c, const void *page, size_t page_size, bool centered,
+	       struct page_geometry *ret_g, uint32_t *ret_n_tokens)
 {
 	struct tqkv_page_header h;
 	uint8_t want_flags;
