@@ -820,8 +820,16 @@ static void on_client_event(uv_poll_t *p, int status, int events)
 			}
 			if (c->in_len < h.size)
 				break;
-			if (dispatch(c, &h, c->in + sizeof(h)) < 0 && c->dead)
-				return;
+			/* Handlers return what sending their reply returned: a
+			 * client that does not read its replies (output over the
+			 * cap, or fds that cannot go out) is disconnected rather
+			 * than left without answers. */
+			if (dispatch(c, &h, c->in + sizeof(h)) < 0 && !c->dead) {
+				if (ratelimit_below(&c->rl))
+					log_warning("client %u (pid %d): replies cannot be delivered, disconnecting", c->id,
+						    (int)c->pid);
+				client_disconnect(c);
+			}
 			if (c->dead)
 				return;
 			memmove(c->in, c->in + h.size, c->in_len - h.size);
