@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include <tqkv/codec.h>
+#include <tqkv/page.h>
 
 #include "attention-private.h"
 
@@ -38,49 +39,112 @@ static __m512 exp_ps(__m512 x)
 	return _mm512_scalef_ps(p, n);
 }
 
-/* Scores of the chunk's tokens for query head k: s[t] per tile.  vpermps
- * reads only the low 4 bits of each index, so a shift isolates a nibble.
- * Two partial sums per tile keep the adds from forming one long chain. */
-static void chunk_scores(const struct attn_tile *tile, const struct attn_lane_state *st, __m512 *s)
+/* The byte tables of the 4-bit score kernel, per query: for the scaled
+ * rotated query qs, T[j][m] = qs_j * c_j[m] = step * (65536 h + 256 m + l)
+ * with h a signed byte and m, l unsigned ones (24 bits: an int16 table
+ * alone moves the output by ~1e-4).  For packed word w, byte b of a
+ * token's dword holds the nibbles of coordinates w + 2bW (low) and
+ * w + (2b+1)W (high), so the low-nibble tables of word w have
+ * T[w + 2bW][m] at byte 16b + m and the high-nibble ones T[w + (2b+1)W][m].
+ * Per word: low h, m, l, then high h, m, l (64 bytes each). */
+float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float *cent_lo, unsigned split,
+			     unsigned d, uint8_t *btab)
 {
-	const unsigned W = tile->d / 8;
-	__m512 s2[ATTN_CHUNK_TILES][2];
+	const unsigned W = d / 8;
+	const __m512 ch = _mm512_loadu_ps(cent_hi), cl = _mm512_loadu_ps(cent_lo);
+	const __m512i byte = _mm512_set1_epi32(0xff);
+	float qmax = 0, cmax, step;
+	__m512 inv;
 
-	for (unsigned t = 0; t < tile->n_tiles; t++)
-		s2[t][0] = s2[t][1] = _mm512_setzero_ps();
-	for (unsigned w = 0; w < W; w++) {
-		__m512i word[ATTN_CHUNK_TILES];
+	for (unsigned j = 0; j < d; j++)
+		qmax = fabsf(qs[j]) > qmax ? fabsf(qs[j]) : qmax;
+	cmax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(ch), _mm512_abs_ps(cl)));
+	/* Below 2^23 by a margin that float rounding of T / step cannot cross. */
+	step = qmax * cmax / 8388352.0f;
+	if (!(step > 0) || !isfinite(step))
+		step = 1.0f;
+	inv = _mm512_set1_ps(1.0f / step);
+	for (unsigned w = 0; w < W; w++)
+		for (unsigned half = 0; half < 2; half++)
+			for (unsigned b = 0; b < 4; b++) {
+				unsigned j = w + (2 * b + half) * W;
+				__m512 row = _mm512_mul_ps(_mm512_set1_ps(qs[j]), j < split ? ch : cl);
+				__m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(row, inv));
+				uint8_t *t = btab + (size_t)w * ATTN_TQ4_WORD_TABLE + half * 192 + b * 16;
 
-		for (unsigned t = 0; t < tile->n_tiles; t++)
-			word[t] = _mm512_loadu_si512(tile->kbits + t * tile->tile_bytes + w * 64);
-		for (unsigned f = 0; f < 8; f++) {
-			__m512 row = _mm512_loadu_ps(st->table + (w + f * W) * 16);
-
-			for (unsigned t = 0; t < tile->n_tiles; t++)
-				s2[t][f & 1] = _mm512_add_ps(s2[t][f & 1],
-							     _mm512_permutexvar_ps(_mm512_srli_epi32(word[t], 4 * f), row));
-		}
-	}
-	for (unsigned t = 0; t < tile->n_tiles; t++)
-		s[t] = _mm512_add_ps(s2[t][0], s2[t][1]);
+				_mm_storeu_si128((__m128i *)t, _mm512_cvtepi32_epi8(_mm512_srai_epi32(v, 16)));
+				_mm_storeu_si128((__m128i *)(t + 64),
+						 _mm512_cvtepi32_epi8(_mm512_and_si512(_mm512_srli_epi32(v, 8), byte)));
+				_mm_storeu_si128((__m128i *)(t + 128), _mm512_cvtepi32_epi8(_mm512_and_si512(v, byte)));
+			}
+	return step;
 }
 
-/* One softmax update per chunk for query head k: scores s[t] become
+/* Scores of the chunk's four tiles for one query head.  Per packed word, the
+ * low and the high nibbles of every byte become vpermb indices (nibble |
+ * byte position << 4) into that word's 64-entry tables; vpdpbusd adds the
+ * four looked-up bytes of a token into its int32 lane: h bytes as signed
+ * against ones, m and l bytes as unsigned against ones.  Integer sums are
+ * exact, so the only rounding is the table's (relative 2^-23). */
+static void chunk_scores(__m512i (*idx)[2], unsigned W, const struct attn_lane_state *st, __m512 *s)
+{
+	const __m512i ones = _mm512_set1_epi8(1);
+	__m512i h[ATTN_CHUNK_TILES], m[ATTN_CHUNK_TILES], l[ATTN_CHUNK_TILES];
+
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+		h[t] = m[t] = l[t] = _mm512_setzero_si512();
+	for (unsigned w = 0; w < W; w++) {
+		const uint8_t *tab = st->btab + (size_t)w * ATTN_TQ4_WORD_TABLE;
+
+		for (unsigned half = 0; half < 2; half++) {
+			const __m512i th = _mm512_load_si512(tab + half * 192), tm = _mm512_load_si512(tab + half * 192 + 64),
+				      tl = _mm512_load_si512(tab + half * 192 + 128);
+
+			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+				const __m512i i = idx[t * W + w][half];
+
+				h[t] = _mm512_dpbusd_epi32(h[t], ones, _mm512_permutexvar_epi8(i, th));
+				m[t] = _mm512_dpbusd_epi32(m[t], _mm512_permutexvar_epi8(i, tm), ones);
+				l[t] = _mm512_dpbusd_epi32(l[t], _mm512_permutexvar_epi8(i, tl), ones);
+			}
+		}
+	}
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+		__m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(h[t]), _mm512_set1_ps(st->bstep * 65536.0f));
+
+		x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(m[t]), _mm512_set1_ps(st->bstep * 256.0f), x);
+		s[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_set1_ps(st->bstep), x);
+	}
+}
+
+/* The vpermb indices of a chunk's K words: [tile * W + w][low, high]. */
+static void chunk_key_indices(const struct attn_tile *tile, unsigned W, __m512i (*idx)[2])
+{
+	const __m512i mask = _mm512_set1_epi8(0x0f), pos = _mm512_set1_epi32(0x30201000);
+
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+		for (unsigned w = 0; w < W; w++) {
+			__m512i word = _mm512_loadu_si512(tile->kbits[t] + w * 64);
+
+			/* (a & b) | c */
+			idx[t * W + w][0] = _mm512_ternarylogic_epi32(word, mask, pos, 0xea);
+			idx[t * W + w][1] = _mm512_ternarylogic_epi32(_mm512_srli_epi32(word, 4), mask, pos, 0xea);
+		}
+}
+
+/* One softmax update per chunk for a query head: scores s[t] become
  * weights times value norms p[t]. */
 static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *st, __m512 *s, __m512 *p)
 {
-	const unsigned nt = tile->n_tiles;
 	float m_chunk = -INFINITY, m_new, sum = 0;
 
-	for (unsigned t = 0; t < nt; t++) {
-		__m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->knorms + 16 * t)));
-		float m;
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+		__m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tile->knorms[t]));
 
-		s[t] = _mm512_add_ps(_mm512_mul_ps(s[t], kn), _mm512_set1_ps(st->q_mean));
+		s[t] = _mm512_fmadd_ps(s[t], kn, _mm512_set1_ps(st->q_mean));
 		s[t] = _mm512_mask_blend_ps(tile->valid[t], _mm512_set1_ps(-INFINITY), s[t]);
-		m = _mm512_reduce_max_ps(s[t]);
-		m_chunk = m > m_chunk ? m : m_chunk;
 	}
+	m_chunk = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3])));
 	m_new = m_chunk > *st->m ? m_chunk : *st->m;
 	if (m_new > *st->m) {
 		float f = expf(*st->m - m_new);
@@ -92,12 +156,17 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 		attn_rescale_scalar(st, f);
 		*st->m = m_new;
 	}
-	for (unsigned t = 0; t < nt; t++) {
-		__m512 vn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tile->vnorms + 16 * t)));
+	{
+		__m512 total = _mm512_setzero_ps();
 
-		p[t] = _mm512_maskz_mov_ps(tile->valid[t], exp_ps(_mm512_sub_ps(s[t], _mm512_set1_ps(m_new))));
-		sum += _mm512_reduce_add_ps(p[t]);
-		p[t] = _mm512_mul_ps(p[t], vn);
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+			__m512 vn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tile->vnorms[t]));
+
+			p[t] = _mm512_maskz_mov_ps(tile->valid[t], exp_ps(_mm512_sub_ps(s[t], _mm512_set1_ps(m_new))));
+			total = _mm512_add_ps(total, p[t]);
+			p[t] = _mm512_mul_ps(p[t], vn);
+		}
+		sum = _mm512_reduce_add_ps(total);
 	}
 	*st->l += sum;
 }
@@ -105,48 +174,45 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 /* lanes[i] += sum over tiles of weights * centroids, per query head: the
  * accumulator is loaded and stored once per chunk. */
 static void accumulate_values(struct attn_lane_state *st, unsigned g, unsigned i, const __m512 *c,
-			      __m512 (*p)[ATTN_CHUNK_TILES], unsigned nt)
+			      __m512 (*p)[ATTN_CHUNK_TILES])
 {
 	for (unsigned k = 0; k < g; k++) {
 		float *a = st[k].lanes + i * 16;
-		__m512 acc = _mm512_load_ps(a);
+		__m512 x = _mm512_fmadd_ps(p[k][0], c[0], _mm512_load_ps(a));
+		__m512 y = _mm512_mul_ps(p[k][1], c[1]);
 
-		for (unsigned t = 0; t < nt; t++)
-			acc = _mm512_fmadd_ps(p[k][t], c[t], acc);
-		_mm512_store_ps(a, acc);
+		x = _mm512_fmadd_ps(p[k][2], c[2], x);
+		y = _mm512_fmadd_ps(p[k][3], c[3], y);
+		_mm512_store_ps(a, _mm512_add_ps(x, y));
 	}
 }
 
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
-	const unsigned D = tile->d, W = D / 8, nt = tile->n_tiles;
+	const unsigned D = tile->d, W = D / 8;
 	const __m512 vcent = _mm512_loadu_ps(tile->vcent);
+	__m512i kidx[ATTN_CHUNK_TILES * TQKV_HEAD_DIM_MAX / 8][2];
 	__m512 p[8][ATTN_CHUNK_TILES];
 
-	for (unsigned t = 0; t < nt; t++) {
-		_mm_prefetch((const char *)tile->kbits + (nt + t) * tile->tile_bytes, _MM_HINT_T0);
-		_mm_prefetch((const char *)tile->vbits + (nt + t) * tile->tile_bytes, _MM_HINT_T0);
-	}
+	chunk_key_indices(tile, W, kidx);
 	for (unsigned k = 0; k < g; k++) {
 		__m512 s[ATTN_CHUNK_TILES];
 
-		chunk_scores(tile, &st[k], s);
+		chunk_scores(kidx, W, &st[k], s);
 		chunk_softmax(tile, &st[k], s, p[k]);
 	}
-	/* Values: per coordinate, each tile's centroids, weighted; the
-	 * accumulator is loaded and stored once per chunk. */
+	/* Values: per coordinate, each tile's centroids, weighted. */
 	for (unsigned w = 0; w < W; w++) {
 		__m512i word[ATTN_CHUNK_TILES];
 
-		for (unsigned t = 0; t < nt; t++)
-			word[t] = _mm512_loadu_si512(tile->vbits + t * tile->tile_bytes + w * 64);
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+			word[t] = _mm512_loadu_si512(tile->vbits[t] + w * 64);
 		for (unsigned f = 0; f < 8; f++) {
 			__m512 c[ATTN_CHUNK_TILES];
-			unsigned i = w + f * W;
 
-			for (unsigned t = 0; t < nt; t++)
+			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 				c[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(word[t], 4 * f), vcent);
-			accumulate_values(st, g, i, c, p, nt);
+			accumulate_values(st, g, w + f * W, c, p);
 		}
 	}
 }
@@ -179,38 +245,38 @@ static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512
 
 void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
-	const unsigned D = tile->d, nt = tile->n_tiles;
+	const unsigned D = tile->d;
 	const __m512 vc_hi = _mm512_loadu_ps(tile->vcent), vc_lo = _mm512_loadu_ps(tile->vcent_lo);
 	__m512i *kidx = (__m512i *)tile->idx, *vidx = kidx + ATTN_CHUNK_TILES * D;
 	__m512 p[8][ATTN_CHUNK_TILES];
 
-	for (unsigned t = 0; t < nt; t++) {
-		unpack_tile(tile->klayout, tile->kbits + t * tile->tile_bytes, kidx + t * D);
-		unpack_tile(tile->vlayout, tile->vbits + t * tile->vtile_bytes, vidx + t * D);
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+		unpack_tile(tile->klayout, tile->kbits[t], kidx + t * D);
+		unpack_tile(tile->vlayout, tile->vbits[t], vidx + t * D);
 	}
 	for (unsigned k = 0; k < g; k++) {
 		__m512 s[ATTN_CHUNK_TILES], s2[ATTN_CHUNK_TILES];
 
-		for (unsigned t = 0; t < nt; t++)
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 			s[t] = s2[t] = _mm512_setzero_ps();
 		for (unsigned i = 0; i < D; i += 2) {
 			__m512 r0 = _mm512_loadu_ps(st[k].table + i * 16), r1 = _mm512_loadu_ps(st[k].table + i * 16 + 16);
 
-			for (unsigned t = 0; t < nt; t++) {
+			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
 				s[t] = _mm512_add_ps(s[t], _mm512_permutexvar_ps(kidx[t * D + i], r0));
 				s2[t] = _mm512_add_ps(s2[t], _mm512_permutexvar_ps(kidx[t * D + i + 1], r1));
 			}
 		}
-		for (unsigned t = 0; t < nt; t++)
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 			s[t] = _mm512_add_ps(s[t], s2[t]);
 		chunk_softmax(tile, &st[k], s, p[k]);
 	}
 	for (unsigned i = 0; i < D; i++) {
 		__m512 cent = i < tile->vsplit ? vc_hi : vc_lo, c[ATTN_CHUNK_TILES];
 
-		for (unsigned t = 0; t < nt; t++)
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 			c[t] = _mm512_permutexvar_ps(vidx[t * D + i], cent);
-		accumulate_values(st, g, i, c, p, nt);
+		accumulate_values(st, g, i, c, p);
 	}
 }
 

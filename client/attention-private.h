@@ -7,15 +7,16 @@
 #include <stdint.h>
 
 #define ATTN_CHUNK_TILES 4
+/* Bytes of the 4-bit score tables per packed word (8 coordinates). */
+#define ATTN_TQ4_WORD_TABLE 384
 
-/* Up to four consecutive tiles (16 tokens each) of a 4-bit K page and a
- * 4-bit V page: tile t starts at kbits + t * tile_bytes. */
+/* Four tiles (16 tokens each) of a K page and a V page, not necessarily
+ * consecutive: a chunk that ends early repeats its last tile with no valid
+ * token, so the kernels always work on four. */
 struct attn_tile {
-	const uint8_t *kbits, *vbits;        /* the first tile's packed words */
-	uint32_t tile_bytes;                 /* of K (and of V for the 4-bit kernel) */
-	uint32_t vtile_bytes;
-	unsigned n_tiles;
-	const uint16_t *knorms, *vnorms;     /* 16 fp16 norms per tile */
+	const uint8_t *kbits[ATTN_CHUNK_TILES], *vbits[ATTN_CHUNK_TILES];
+	uint32_t tile_bytes, vtile_bytes;        /* of K, of V */
+	const uint16_t *knorms[ATTN_CHUNK_TILES], *vnorms[ATTN_CHUNK_TILES];  /* 16 fp16 each */
 	const float *vcent;                  /* V centroids (16) of [0, vsplit) */
 	const float *vcent_lo;               /* V centroids of [vsplit, d) */
 	unsigned vsplit;
@@ -30,6 +31,8 @@ struct attn_tile {
 /* A query head's running softmax, shared with the portable path. */
 struct attn_lane_state {
 	const float *table;   /* [d][16]: scale * q'_j * c_j[m] */
+	const uint8_t *btab;  /* the 4-bit kernel's byte tables (64-byte aligned) */
+	float bstep;          /* their unit */
 	float q_mean;
 	float *m, *l;         /* running max and sum */
 	float *lanes;         /* [d][16] per-lane value sums, 64-byte aligned */
@@ -39,6 +42,10 @@ struct attn_lane_state {
 /* Rescales the portable accumulators of a head by f (attention.c). */
 void attn_rescale_scalar(struct attn_lane_state *st, float f);
 
+/* Builds btab (d / 8 * ATTN_TQ4_WORD_TABLE bytes) for the scaled rotated query qs (d
+ * floats) and the key centroids; returns the tables' unit. */
+float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float *cent_lo, unsigned split,
+			     unsigned d, uint8_t *btab);
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);
 /* The same for any TurboQuant kinds of K and V: unpacks each tile's planes
  * to one index per lane first. */

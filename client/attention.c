@@ -39,6 +39,8 @@ struct head_state {
 	float q_mean;          /* q . key mean (centered keys), in score units */
 	unsigned d, d_rot;     /* lengths of acc (head_dim) and acc_rot (padded) */
 	float *lanes;          /* [d_rot][16] for the SIMD tile kernels */
+	uint8_t *btab;         /* byte score tables of the 4-bit kernel */
+	float bstep;
 };
 
 void attn_rescale_scalar(struct attn_lane_state *ls, float f)
@@ -52,20 +54,21 @@ void attn_rescale_scalar(struct attn_lane_state *ls, float f)
 			st->acc_rot[j] *= f;
 }
 
-/* Whether an AVX-512 tile kernel serves this pair of streams. */
-static bool fast_tiles(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
+/* The kernels that serve a pair of K and V streams. */
+enum kernel {
+	KERNEL_PORTABLE,     /* token by token, float tables */
+	KERNEL_TQ_AVX512,    /* tiles of any TurboQuant kinds, float tables */
+	KERNEL_TQ4_AVX512,   /* tiles of 4-bit K and V, int16 byte tables */
+};
+
+static enum kernel kernel_for(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
 {
 #ifdef TQKV_HAVE_X86_SIMD
-	return kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->d == vc->d &&
-	       cpu_has_isa(CPU_ISA_AVX512);
-#else
-	return false;
+	if (kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->d == vc->d && cpu_has_isa(CPU_ISA_AVX512))
+		return kc->params.kind == TQKV_KIND_TQ4 && vc->params.kind == TQKV_KIND_TQ4 ? KERNEL_TQ4_AVX512
+											   : KERNEL_TQ_AVX512;
 #endif
-}
-
-static bool both_tq4(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
-{
-	return kc->params.kind == TQKV_KIND_TQ4 && vc->params.kind == TQKV_KIND_TQ4;
+	return KERNEL_PORTABLE;
 }
 
 struct kv_job {
@@ -187,6 +190,7 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 			    const float *q, struct head_state *st, unsigned g)
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2];
+	enum kernel kernel = kernel_for(kc, v->codecs[head * 2 + 1]);
 	unsigned d = v->head_dim;
 
 	for (unsigned k = 0; k < g; k++) {
@@ -201,15 +205,85 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 			memset(st[k].qrot, 0, sizeof(float) * kc->d);
 			memcpy(st[k].qrot, qh, sizeof(float) * d);
 			codec_rotate(kc, st[k].qrot);
+			for (unsigned j = 0; j < kc->d; j++)
+				st[k].qrot[j] *= a->scale / kc->sqrt_d;
+			if (kernel == KERNEL_TQ4_AVX512) {
+				st[k].bstep = attn_tq4_tables_avx512(st[k].qrot, kc->cent_hi, kc->cent_lo, kc->split, kc->d,
+								     st[k].btab);
+				continue;
+			}
 			for (unsigned j = 0; j < kc->d; j++) {
 				const float *cent = j < kc->split ? kc->cent_hi : kc->cent_lo;
-				float qj = st[k].qrot[j] / kc->sqrt_d * a->scale;
 
 				for (unsigned m = 0; m < 16; m++)
-					st[k].table[j * 16 + m] = qj * cent[m];
+					st[k].table[j * 16 + m] = st[k].qrot[j] * cent[m];
 			}
 		}
 	}
+}
+
+/* The chunk of up to four tiles that starts at token t0 (a tile boundary)
+ * inside its block and ends at the block's, the publication's or pos's
+ * tile; *n_tiles are real, the rest repeat the last with no valid token. */
+static int chunk_at(const struct tqkv_layer_view *v, uint32_t head, uint64_t lo, uint64_t pos, uint64_t t0,
+		    uint32_t *idx_scratch, struct attn_tile *tile, unsigned *n_tiles)
+{
+	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
+	uint64_t b = t0 / v->block_tokens, published = v->n_blocks * v->block_tokens;
+	uint64_t end = (b + 1) * v->block_tokens;
+	struct page_ref kp, vp;
+	int r = page_of(v, b, head, 0, &kp);
+
+	if (r >= 0)
+		r = page_of(v, b, head, 1, &vp);
+	if (r < 0)
+		return r;
+	if (end > published)
+		end = published;
+	if (end > pos + 1)
+		end = (pos + 1 + TILE - 1) / TILE * TILE;
+	*tile = (struct attn_tile){
+		.tile_bytes = kp.tile_bytes,
+		.vtile_bytes = vp.tile_bytes,
+		.vcent = vc->cent_hi,
+		.vcent_lo = vc->cent_lo,
+		.vsplit = vc->split,
+		.d = vc->d,
+		.klayout = &kc->layout,
+		.vlayout = &vc->layout,
+		.idx = idx_scratch,
+	};
+	*n_tiles = (end - t0) / TILE < ATTN_CHUNK_TILES ? (unsigned)((end - t0) / TILE) : ATTN_CHUNK_TILES;
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+		uint64_t first = t0 + (uint64_t)(t < *n_tiles ? t : *n_tiles - 1) * TILE;
+		uint64_t tin = (first - b * v->block_tokens) / TILE;
+		uint16_t valid = 0;
+
+		tile->kbits[t] = kp.base + kp.tiles_offset + tin * kp.tile_bytes;
+		tile->vbits[t] = vp.base + vp.tiles_offset + tin * vp.tile_bytes;
+		tile->knorms[t] = (const uint16_t *)(kp.base + kp.norms_offset) + tin * TILE;
+		tile->vnorms[t] = (const uint16_t *)(vp.base + vp.norms_offset) + tin * TILE;
+		for (unsigned i = 0; i < TILE && t < *n_tiles; i++)
+			if (first + i >= lo && first + i <= pos)
+				valid |= (uint16_t)(1u << i);
+		tile->valid[t] = valid;
+	}
+	return 0;
+}
+
+/* Asks for a chunk's packed tiles and norms ahead of their use. */
+static void prefetch_chunk(const struct attn_tile *tile, unsigned n_tiles)
+{
+	for (unsigned t = 0; t < n_tiles; t++) {
+		for (unsigned line = 0; line < tile->tile_bytes; line += 64)
+			__builtin_prefetch(tile->kbits[t] + line);
+		for (unsigned line = 0; line < tile->vtile_bytes; line += 64)
+			__builtin_prefetch(tile->vbits[t] + line);
+	}
+	__builtin_prefetch(tile->knorms[0]);
+	__builtin_prefetch(tile->knorms[n_tiles - 1]);
+	__builtin_prefetch(tile->vnorms[0]);
+	__builtin_prefetch(tile->vnorms[n_tiles - 1]);
 }
 
 /* Attends one KV head for one query token at pos with g query heads. */
@@ -221,8 +295,9 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 	uint64_t lo = a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
 	uint64_t published = v->n_blocks * v->block_tokens;
 	float *krow = scratch, *vrow = scratch + D;
-	bool fast = fast_tiles(kc, vc);
+	enum kernel kernel = kernel_for(kc, vc);
 	uint8_t kidx[TQKV_HEAD_DIM_MAX], vidx[TQKV_HEAD_DIM_MAX];
+	int r;
 
 	for (unsigned k = 0; k < g; k++) {
 		st[k].d = d;
@@ -231,74 +306,62 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		if (st[k].acc_rot)
 			memset(st[k].acc_rot, 0, sizeof(float) * D);
 	}
-	if (fast) {
+	if (kernel != KERNEL_PORTABLE) {
 		struct attn_lane_state ls[8];
+		uint64_t t0 = lo / TILE * TILE;
+		struct attn_tile cur, next;
+		unsigned n_cur, n_next;
 
 		for (unsigned k = 0; k < g; k++)
 			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
-		/* Chunks of up to four tiles inside one block. */
-		for (uint64_t t0 = lo / TILE * TILE; t0 <= pos && t0 < published;) {
-			uint64_t b = t0 / v->block_tokens, in = t0 % v->block_tokens;
-			uint64_t end = (b + 1) * v->block_tokens;
-			struct page_ref kp, vp;
-			struct attn_tile tile;
-			int r = page_of(v, b, head, 0, &kp);
+		/* Chunks of up to four tiles inside one block; the next chunk's
+		 * bytes are requested before this one is computed, as blocks of
+		 * one head are not adjacent in memory. */
+		if (t0 > pos || t0 >= published)
+			goto folded;
+		r = chunk_at(v, head, lo, pos, t0, idx_scratch, &cur, &n_cur);
+		while (r >= 0) {
+			uint64_t t1 = t0 + n_cur * TILE;
+			bool more = t1 <= pos && t1 < published;
 
-			if (r >= 0)
-				r = page_of(v, b, head, 1, &vp);
-			if (r < 0)
-				return r;
-			if (end > published)
-				end = published;
-			if (end > pos + 1)
-				end = (pos + 1 + TILE - 1) / TILE * TILE;
-			tile = (struct attn_tile){
-				.kbits = kp.base + kp.tiles_offset + (in / TILE) * kp.tile_bytes,
-				.vbits = vp.base + vp.tiles_offset + (in / TILE) * vp.tile_bytes,
-				.tile_bytes = kp.tile_bytes,
-				.vtile_bytes = vp.tile_bytes,
-				.knorms = (const uint16_t *)(kp.base + kp.norms_offset) + in,
-				.vnorms = (const uint16_t *)(vp.base + vp.norms_offset) + in,
-				.vcent = vc->cent_hi,
-				.vcent_lo = vc->cent_lo,
-				.vsplit = vc->split,
-				.d = vc->d,
-				.klayout = &kc->layout,
-				.vlayout = &vc->layout,
-				.idx = idx_scratch,
-			};
-			while (tile.n_tiles < ATTN_CHUNK_TILES && t0 + tile.n_tiles * TILE < end) {
-				uint64_t first = t0 + tile.n_tiles * TILE;
-				uint16_t valid = 0;
-
-				for (unsigned t = 0; t < TILE; t++)
-					if (first + t >= lo && first + t <= pos)
-						valid |= (uint16_t)(1u << t);
-				tile.valid[tile.n_tiles++] = valid;
+			if (more) {
+				r = chunk_at(v, head, lo, pos, t1, idx_scratch, &next, &n_next);
+				if (r < 0)
+					return r;
+				prefetch_chunk(&next, n_next);
 			}
 			for (unsigned k0 = 0; k0 < g; k0 += 8) {
 				unsigned n = g - k0 < 8 ? g - k0 : 8;
 
 				for (unsigned k = 0; k < n; k++)
-					ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].q_mean, &st[k0 + k].m,
-									  &st[k0 + k].l, st[k0 + k].lanes, &st[k0 + k] };
-				if (both_tq4(kc, vc))
-					attn_tile_tq4_avx512(&tile, ls, n);
+					ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].btab, st[k0 + k].bstep,
+									  st[k0 + k].q_mean, &st[k0 + k].m, &st[k0 + k].l,
+									  st[k0 + k].lanes, &st[k0 + k] };
+				if (kernel == KERNEL_TQ4_AVX512)
+					attn_tile_tq4_avx512(&cur, ls, n);
 				else
-					attn_tile_tq_avx512(&tile, ls, n);
+					attn_tile_tq_avx512(&cur, ls, n);
 			}
-			t0 += tile.n_tiles * TILE;
+			if (!more)
+				break;
+			cur = next;
+			n_cur = n_next;
+			t0 = t1;
 		}
+		if (r < 0)
+			return r;
+folded:
 		for (unsigned k = 0; k < g; k++)
 			attn_lanes_fold_avx512(st[k].lanes, vc->d, st[k].acc_rot);
 	}
 	/* Published blocks, tile by tile. */
-	for (uint64_t t0 = lo / TILE * TILE; !fast && t0 <= pos && t0 < published; t0 += TILE) {
+	for (uint64_t t0 = lo / TILE * TILE; kernel == KERNEL_PORTABLE && t0 <= pos && t0 < published; t0 += TILE) {
 		uint64_t b = t0 / v->block_tokens, in = t0 % v->block_tokens;
 		struct page_ref kp, vp;
 		const uint8_t *kbits, *vbits;
 		const uint16_t *kn, *vn;
-		int r = page_of(v, b, head, 0, &kp);
+
+		r = page_of(v, b, head, 0, &kp);
 
 		if (r >= 0)
 			r = page_of(v, b, head, 1, &vp);
@@ -366,10 +429,11 @@ static void *run_job(void *arg)
 	struct head_state *st = calloc(g, sizeof(*st));
 	float *mem = malloc(sizeof(float) * ((size_t)g * (3 * D + 16 * D) + 2 * D));
 	float *lanes = aligned_alloc(64, sizeof(float) * (size_t)g * 16 * D);
+	uint8_t *btab = aligned_alloc(64, (size_t)g * D / 8 * ATTN_TQ4_WORD_TABLE);
 	/* Unpacked indices of a chunk, K and V (any-bit tile kernel). */
 	uint32_t *idx = aligned_alloc(64, sizeof(uint32_t) * 2 * ATTN_CHUNK_TILES * 16 * D);
 
-	if (!st || !mem || !lanes || !idx) {
+	if (!st || !mem || !lanes || !btab || !idx) {
 		j->result = -ENOMEM;
 		goto out;
 	}
@@ -381,6 +445,7 @@ static void *run_job(void *arg)
 		st[k].qrot = p + 2 * D;
 		st[k].table = p + 3 * D;
 		st[k].lanes = lanes + (size_t)k * 16 * D;
+		st[k].btab = btab + (size_t)k * D / 8 * ATTN_TQ4_WORD_TABLE;
 	}
 	for (uint32_t i = 0; i < j->n_queries && j->result == 0; i++) {
 		const float *q = j->q + (size_t)i * j->a->n_q_heads * v->head_dim;
@@ -400,6 +465,7 @@ out:
 	free(st);
 	free(mem);
 	free(lanes);
+	free(btab);
 	free(idx);
 	return NULL;
 }

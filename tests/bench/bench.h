@@ -8,6 +8,7 @@ struct bench_options {
 	bool json;   /* one JSON object per line instead of a table */
 	bool quick;  /* shorter runs (CI smoke test) */
 	const char *isa;  /* force a kernel set: scalar, avx2, avx512 */
+	unsigned long context;  /* attention: only this context length (0: all) */
 };
 
 /* Monotonic seconds. */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -44,6 +45,7 @@ static void help(FILE *f)
 		"  --json         print one JSON object per line\n"
 		"  --quick        shorter runs (for smoke tests; figures are noisier)\n"
 		"  --isa=NAME     force the kernels: scalar, avx2 or avx512 (default: best)\n"
+		"  --context=N    attention: measure only context length N (tokens)\n"
 		"  -h, --help     show this help\n"
 		"\n"
 		"Exit status: 0 on success, 1 if a benchmark failed, 2 on bad usage.\n");
@@ -55,6 +57,7 @@ int main(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "isa", required_argument, NULL, 'i' },
+		{ "context", required_argument, NULL, 'c' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -72,6 +75,17 @@ int main(int argc, char **argv)
 		case 'i':
 			o.isa = optarg;
 			break;
+		case 'c': {
+			char *end;
+
+			errno = 0;
+			o.context = strtoul(optarg, &end, 10);
+			if (errno || *end || o.context == 0 || o.context > (1ul << 24)) {
+				fprintf(stderr, "tqkv-bench: --context wants a token count in 1..16777216, not '%s'\n", optarg);
+				return 2;
+			}
+			break;
+		}
 		case 'h':
 			help(stdout);
 			return 0;
