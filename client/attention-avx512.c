@@ -178,16 +178,29 @@ static void accumulate_values(struct attn_lane_state *st, unsigned g, unsigned i
 {
 	for (unsigned k = 0; k < g; k++) {
 		float *a = st[k].lanes + i * 16;
-		__m512 x = _mm512_fmadd_ps(p[k][0], c[0], _mm512_load_ps(a));
-		__m512 y = _mm512_mul_ps(p[k][1], c[1]);
+		__m512 x = _mm512_load_ps(a);
 
-		x = _mm512_fmadd_ps(p[k][2], c[2], x);
-		y = _mm512_fmadd_ps(p[k][3], c[3], y);
-		_mm512_store_ps(a, _mm512_add_ps(x, y));
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+			x = _mm512_fmadd_ps(p[k][t], c[t], x);
+		_mm512_store_ps(a, x);
 	}
 }
 
-void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
+/* Requests slice w of n of the later chunk's bytes. */
+static inline void prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)
+{
+	for (unsigned s = 0; s < 2; s++) {
+		uint32_t from = tile->ahead_bytes[s] * w / n & ~63u, to = tile->ahead_bytes[s] * (w + 1) / n;
+
+		for (uint32_t off = from; off < to; off += 64)
+			_mm_prefetch((const char *)tile->ahead[s] + off, _MM_HINT_T0);
+	}
+}
+
+/* The 4-bit kernel for g query heads; inlined with g a constant for the
+ * common group sizes so that the weights stay in registers. */
+static inline __attribute__((always_inline)) void tile_tq4(const struct attn_tile *tile,
+							    struct attn_lane_state *st, unsigned g)
 {
 	const unsigned D = tile->d, W = D / 8;
 	const __m512 vcent = _mm512_loadu_ps(tile->vcent);
@@ -205,6 +218,7 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 	for (unsigned w = 0; w < W; w++) {
 		__m512i word[ATTN_CHUNK_TILES];
 
+		prefetch_slice(tile, w, W);
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 			word[t] = _mm512_loadu_si512(tile->vbits[t] + w * 64);
 		for (unsigned f = 0; f < 8; f++) {
@@ -243,6 +257,23 @@ static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512
 	}
 }
 
+void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
+{
+	switch (g) {
+	case 1:
+		tile_tq4(tile, st, 1);
+		break;
+	case 2:
+		tile_tq4(tile, st, 2);
+		break;
+	case 4:
+		tile_tq4(tile, st, 4);
+		break;
+	default:
+		tile_tq4(tile, st, g);
+	}
+}
+
 void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
 	const unsigned D = tile->d;
@@ -274,6 +305,8 @@ void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *s
 	for (unsigned i = 0; i < D; i++) {
 		__m512 cent = i < tile->vsplit ? vc_hi : vc_lo, c[ATTN_CHUNK_TILES];
 
+		if (i % 8 == 0)
+			prefetch_slice(tile, i / 8, D / 8);
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 			c[t] = _mm512_permutexvar_ps(vidx[t * D + i], cent);
 		accumulate_values(st, g, i, c, p);

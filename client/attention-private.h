@@ -22,6 +22,10 @@ struct attn_tile {
 	unsigned vsplit;
 	unsigned d;                          /* padded dim */
 	uint16_t valid[ATTN_CHUNK_TILES];    /* tokens inside [lo, pos] */
+	/* Bytes of a later chunk that the kernel requests while it computes,
+	 * spread over its work (a burst of misses stalls it). */
+	const uint8_t *ahead[2];
+	uint32_t ahead_bytes[2];
 	/* Any-bit kernel only: the planes, and room for unpacked indices
 	 * (2 * ATTN_CHUNK_TILES * d zmm, 64-byte aligned). */
 	const struct tqkv_layout *klayout, *vlayout;

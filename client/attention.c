@@ -27,6 +27,10 @@
 #include "cpu.h"
 
 #define TILE TQKV_TILE_TOKENS
+/* Chunks prefetched ahead of the one computed. */
+#ifndef ATTN_LOOKAHEAD
+#define ATTN_LOOKAHEAD 2
+#endif
 
 /* What one query head keeps while it walks the tokens. */
 struct head_state {
@@ -173,7 +177,7 @@ static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t hea
 	uint32_t n_tokens;
 	size_t size;
 	const void *p = tqkv_view_page(v, block, head, stream, &size);
-	int r;
+	int r = 0;
 
 	if (!p)
 		return -EBADMSG;
@@ -271,10 +275,12 @@ static int chunk_at(const struct tqkv_layer_view *v, uint32_t head, uint64_t lo,
 	return 0;
 }
 
-/* Asks for a chunk's packed tiles and norms ahead of their use. */
-static void prefetch_chunk(const struct attn_tile *tile, unsigned n_tiles)
+/* Asks for a chunk's norms, and with tiles its packed tiles too (the
+ * first chunks; later ones are requested by the kernel, spread over its
+ * work, as a burst of misses stalls it). */
+static void prefetch_chunk(const struct attn_tile *tile, unsigned n_tiles, bool tiles)
 {
-	for (unsigned t = 0; t < n_tiles; t++) {
+	for (unsigned t = 0; t < n_tiles && tiles; t++) {
 		for (unsigned line = 0; line < tile->tile_bytes; line += 64)
 			__builtin_prefetch(tile->kbits[t] + line);
 		for (unsigned line = 0; line < tile->vtile_bytes; line += 64)
@@ -297,7 +303,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 	float *krow = scratch, *vrow = scratch + D;
 	enum kernel kernel = kernel_for(kc, vc);
 	uint8_t kidx[TQKV_HEAD_DIM_MAX], vidx[TQKV_HEAD_DIM_MAX];
-	int r;
+	int r = 0;
 
 	for (unsigned k = 0; k < g; k++) {
 		st[k].d = d;
@@ -309,26 +315,37 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 	if (kernel != KERNEL_PORTABLE) {
 		struct attn_lane_state ls[8];
 		uint64_t t0 = lo / TILE * TILE;
-		struct attn_tile cur, next;
-		unsigned n_cur, n_next;
+		struct attn_tile ring[ATTN_LOOKAHEAD + 1];
+		unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
 
 		for (unsigned k = 0; k < g; k++)
 			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
-		/* Chunks of up to four tiles inside one block; the next chunk's
-		 * bytes are requested before this one is computed, as blocks of
-		 * one head are not adjacent in memory. */
-		if (t0 > pos || t0 >= published)
-			goto folded;
-		r = chunk_at(v, head, lo, pos, t0, idx_scratch, &cur, &n_cur);
-		while (r >= 0) {
-			uint64_t t1 = t0 + n_cur * TILE;
-			bool more = t1 <= pos && t1 < published;
+		/* Chunks of up to four tiles inside one block, in a ring: the one
+		 * computed and the ATTN_LOOKAHEAD after it, whose bytes are on
+		 * their way (blocks of one head are not adjacent in memory, so
+		 * the hardware prefetcher alone falls behind). */
+		while (r >= 0 && (queued || (t0 <= pos && t0 < published))) {
+			struct attn_tile *cur = &ring[first];
 
-			if (more) {
-				r = chunk_at(v, head, lo, pos, t1, idx_scratch, &next, &n_next);
+			while (queued <= ATTN_LOOKAHEAD && t0 <= pos && t0 < published) {
+				unsigned slot = (first + queued) % (ATTN_LOOKAHEAD + 1);
+
+				r = chunk_at(v, head, lo, pos, t0, idx_scratch, &ring[slot], &n_tiles[slot]);
 				if (r < 0)
 					return r;
-				prefetch_chunk(&next, n_next);
+				prefetch_chunk(&ring[slot], n_tiles[slot], n_chunks++ < ATTN_LOOKAHEAD);
+				t0 += n_tiles[slot] * TILE;
+				queued++;
+			}
+			/* This chunk's kernel requests the one ATTN_LOOKAHEAD after it. */
+			if (queued == ATTN_LOOKAHEAD + 1) {
+				const struct attn_tile *later = &ring[(first + ATTN_LOOKAHEAD) % (ATTN_LOOKAHEAD + 1)];
+				unsigned n = n_tiles[(first + ATTN_LOOKAHEAD) % (ATTN_LOOKAHEAD + 1)];
+
+				cur->ahead[0] = later->kbits[0];
+				cur->ahead[1] = later->vbits[0];
+				cur->ahead_bytes[0] = n * later->tile_bytes;
+				cur->ahead_bytes[1] = n * later->vtile_bytes;
 			}
 			for (unsigned k0 = 0; k0 < g; k0 += 8) {
 				unsigned n = g - k0 < 8 ? g - k0 : 8;
@@ -338,19 +355,15 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 									  st[k0 + k].q_mean, &st[k0 + k].m, &st[k0 + k].l,
 									  st[k0 + k].lanes, &st[k0 + k] };
 				if (kernel == KERNEL_TQ4_AVX512)
-					attn_tile_tq4_avx512(&cur, ls, n);
+					attn_tile_tq4_avx512(cur, ls, n);
 				else
-					attn_tile_tq_avx512(&cur, ls, n);
+					attn_tile_tq_avx512(cur, ls, n);
 			}
-			if (!more)
-				break;
-			cur = next;
-			n_cur = n_next;
-			t0 = t1;
+			first = (first + 1) % (ATTN_LOOKAHEAD + 1);
+			queued--;
 		}
 		if (r < 0)
 			return r;
-folded:
 		for (unsigned k = 0; k < g; k++)
 			attn_lanes_fold_avx512(st[k].lanes, vc->d, st[k].acc_rot);
 	}
