@@ -4,6 +4,7 @@
 #ifndef TQKV_CLIENT_ATTENTION_PRIVATE_H
 #define TQKV_CLIENT_ATTENTION_PRIVATE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define ATTN_CHUNK_TILES 4
@@ -42,6 +43,11 @@ struct attn_lane_state {
 	float *lanes;         /* [d][16] per-lane value sums, 64-byte aligned */
 	void *owner;          /* the portable state, for attn_rescale_scalar */
 };
+
+/* Runs fn(args + i * stride) for i in [0, n): i = 0 on the calling thread,
+ * the others on the pool's workers (attention-pool.c); returns when all
+ * are done. */
+void attn_pool_run(void (*fn)(void *arg), void *args, size_t stride, unsigned n);
 
 /* Rescales the portable accumulators of a head by f (attention.c). */
 void attn_rescale_scalar(struct attn_lane_state *st, float f);

@@ -434,32 +434,95 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 	return 0;
 }
 
-static void *run_job(void *arg)
+/* What a thread needs to attend with up to g query heads per KV head:
+ * allocated once per thread and kept (a 1K-token call is shorter than the
+ * allocations).  Per-head regions are skewed by a few lines so that the
+ * same coordinate of different heads is not 4 KiB apart, which makes
+ * loads wait on unrelated stores. */
+struct scratch {
+	unsigned g;
+	struct head_state *st;
+	float *mem;           /* per head: acc, acc_rot, qrot, table; then 2 rows */
+	float *lanes;
+	uint8_t *btab;
+	uint32_t *idx;        /* unpacked indices of a chunk, K and V */
+};
+
+#define SCRATCH_D TQKV_HEAD_DIM_MAX
+#define SCRATCH_MEM_STRIDE (19 * SCRATCH_D + 16)                     /* floats */
+#define SCRATCH_LANES_STRIDE (16 * SCRATCH_D + 80)                   /* floats */
+#define SCRATCH_BTAB_STRIDE (SCRATCH_D / 8 * ATTN_TQ4_WORD_TABLE + 320)  /* bytes */
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *p)
+{
+	struct scratch *s = p;
+
+	if (!s)
+		return;
+	free(s->st);
+	free(s->mem);
+	free(s->lanes);
+	free(s->btab);
+	free(s->idx);
+	free(s);
+}
+
+static void scratch_init(void)
+{
+	pthread_key_create(&scratch_key, scratch_free);
+}
+
+static struct scratch *scratch_get(unsigned g)
+{
+	struct scratch *s;
+
+	pthread_once(&scratch_once, scratch_init);
+	s = pthread_getspecific(scratch_key);
+	if (s && s->g >= g)
+		return s;
+	scratch_free(s);
+	pthread_setspecific(scratch_key, NULL);
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->g = g;
+	s->st = calloc(g, sizeof(*s->st));
+	s->mem = malloc(sizeof(float) * ((size_t)g * SCRATCH_MEM_STRIDE + 2 * SCRATCH_D));
+	s->lanes = aligned_alloc(64, sizeof(float) * (size_t)g * SCRATCH_LANES_STRIDE);
+	s->btab = aligned_alloc(64, (size_t)g * SCRATCH_BTAB_STRIDE);
+	s->idx = aligned_alloc(64, sizeof(uint32_t) * 2 * ATTN_CHUNK_TILES * 16 * SCRATCH_D);
+	if (!s->st || !s->mem || !s->lanes || !s->btab || !s->idx || pthread_setspecific(scratch_key, s) != 0) {
+		scratch_free(s);
+		return NULL;
+	}
+	for (unsigned k = 0; k < g; k++) {
+		float *p = s->mem + (size_t)k * SCRATCH_MEM_STRIDE;
+
+		s->st[k].acc = p;
+		s->st[k].qrot = p + 2 * SCRATCH_D;
+		s->st[k].table = p + 3 * SCRATCH_D;
+		s->st[k].lanes = s->lanes + (size_t)k * SCRATCH_LANES_STRIDE;
+		s->st[k].btab = s->btab + (size_t)k * SCRATCH_BTAB_STRIDE;
+	}
+	return s;
+}
+
+static void run_job(void *arg)
 {
 	struct kv_job *j = arg;
 	const struct tqkv_layer_view *v = j->v;
-	unsigned g = j->a->n_q_heads / v->n_kv_heads, D = TQKV_HEAD_DIM_MAX;
-	struct head_state *st = calloc(g, sizeof(*st));
-	float *mem = malloc(sizeof(float) * ((size_t)g * (3 * D + 16 * D) + 2 * D));
-	float *lanes = aligned_alloc(64, sizeof(float) * (size_t)g * 16 * D);
-	uint8_t *btab = aligned_alloc(64, (size_t)g * D / 8 * ATTN_TQ4_WORD_TABLE);
-	/* Unpacked indices of a chunk, K and V (any-bit tile kernel). */
-	uint32_t *idx = aligned_alloc(64, sizeof(uint32_t) * 2 * ATTN_CHUNK_TILES * 16 * D);
+	unsigned g = j->a->n_q_heads / v->n_kv_heads;
+	struct scratch *s = scratch_get(g);
+	struct head_state *st;
 
-	if (!st || !mem || !lanes || !btab || !idx) {
+	if (!s) {
 		j->result = -ENOMEM;
-		goto out;
+		return;
 	}
-	for (unsigned k = 0; k < g; k++) {
-		float *p = mem + (size_t)k * (3 * D + 16 * D);
-
-		st[k].acc = p;
-		st[k].acc_rot = p + D;
-		st[k].qrot = p + 2 * D;
-		st[k].table = p + 3 * D;
-		st[k].lanes = lanes + (size_t)k * 16 * D;
-		st[k].btab = btab + (size_t)k * D / 8 * ATTN_TQ4_WORD_TABLE;
-	}
+	st = s->st;
 	for (uint32_t i = 0; i < j->n_queries && j->result == 0; i++) {
 		const float *q = j->q + (size_t)i * j->a->n_q_heads * v->head_dim;
 		float *out = j->out + (size_t)i * j->a->n_q_heads * v->head_dim;
@@ -468,19 +531,12 @@ static void *run_job(void *arg)
 			bool v_tq = is_tq(v->codecs[h * 2 + 1]);
 
 			for (unsigned k = 0; k < g; k++)
-				st[k].acc_rot = v_tq ? mem + (size_t)k * (3 * D + 16 * D) + D : NULL;
+				st[k].acc_rot = v_tq ? s->mem + (size_t)k * SCRATCH_MEM_STRIDE + SCRATCH_D : NULL;
 			prepare_queries(v, h, j->a, q, st, g);
-			j->result = attend_head(v, h, j->a, j->a->position + i, st, g, out, mem + (size_t)g * (3 * D + 16 * D),
-						idx);
+			j->result = attend_head(v, h, j->a, j->a->position + i, st, g, out,
+						s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
 		}
 	}
-out:
-	free(st);
-	free(mem);
-	free(lanes);
-	free(btab);
-	free(idx);
-	return NULL;
 }
 
 TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *q, uint32_t n,
@@ -488,7 +544,6 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 {
 	unsigned threads;
 	struct kv_job jobs[64];
-	pthread_t tid[64];
 	int r = 0;
 
 	if (!v || !q || !a || !out || n == 0 || v->n_kv_heads == 0 || a->n_q_heads % v->n_kv_heads ||
@@ -505,18 +560,10 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 
 		jobs[i] = (struct kv_job){ v, a, q, out, n, first, last - first, 0 };
 	}
-	for (unsigned i = 1; i < threads; i++)
-		if (pthread_create(&tid[i], NULL, run_job, &jobs[i]) != 0) {
-			run_job(&jobs[i]);  /* no thread: do its share here */
-			tid[i] = 0;
-		}
-	run_job(&jobs[0]);
-	for (unsigned i = 0; i < threads; i++) {
-		if (i && tid[i])
-			pthread_join(tid[i], NULL);
+	attn_pool_run(run_job, jobs, sizeof(jobs[0]), threads);
+	for (unsigned i = 0; i < threads; i++)
 		if (jobs[i].result < 0)
 			r = jobs[i].result;
-	}
 	return r;
 }
 
