@@ -62,15 +62,31 @@ void attn_rescale_scalar(struct attn_lane_state *ls, float f)
 enum kernel {
 	KERNEL_PORTABLE,     /* token by token, float tables */
 	KERNEL_TQ_AVX512,    /* tiles of any TurboQuant kinds, float tables */
-	KERNEL_TQ4_AVX512,   /* tiles of 4-bit K and V, int16 byte tables */
+	KERNEL_TQ4_AVX512,   /* tiles of 2-, 3- or 4-bit K and V as nibbles, byte tables */
 };
+
+/* Whether the nibble kernel reads a stream: one index width over all
+ * coordinates, and whole 32-bit words in every plane. */
+static bool nibble_stream(const struct tqkv_codec *c)
+{
+	return c->cls == CODEC_CLASS_TQ && c->bits_hi == c->bits_lo && c->bits_hi >= 2 && c->d % 32 == 0;
+}
+
+/* The codebook of a uniform-width stream, repeated to 16 entries: the
+ * nibble kernel's lookups see a 2- or 3-bit index with other bits above. */
+static void centroids16(const struct tqkv_codec *c, float *out)
+{
+	unsigned levels = 1u << c->bits_hi;
+
+	for (unsigned m = 0; m < 16; m++)
+		out[m] = c->cent_hi[m % levels];
+}
 
 static enum kernel kernel_for(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
 {
 #ifdef TQKV_HAVE_X86_SIMD
 	if (kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->d == vc->d && cpu_has_isa(CPU_ISA_AVX512))
-		return kc->params.kind == TQKV_KIND_TQ4 && vc->params.kind == TQKV_KIND_TQ4 ? KERNEL_TQ4_AVX512
-											   : KERNEL_TQ_AVX512;
+		return nibble_stream(kc) && nibble_stream(vc) ? KERNEL_TQ4_AVX512 : KERNEL_TQ_AVX512;
 #endif
 	return KERNEL_PORTABLE;
 }
@@ -212,8 +228,10 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 			for (unsigned j = 0; j < kc->d; j++)
 				st[k].qrot[j] *= a->scale / kc->sqrt_d;
 			if (kernel == KERNEL_TQ4_AVX512) {
-				st[k].bstep = attn_tq4_tables_avx512(st[k].qrot, kc->cent_hi, kc->cent_lo, kc->split, kc->d,
-								     st[k].btab);
+				float cent[16];
+
+				centroids16(kc, cent);
+				st[k].bstep = attn_tq4_tables_avx512(st[k].qrot, cent, cent, kc->d, kc->d, st[k].btab);
 				continue;
 			}
 			for (unsigned j = 0; j < kc->d; j++) {
@@ -230,7 +248,7 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
  * inside its block and ends at the block's, the publication's or pos's
  * tile; *n_tiles are real, the rest repeat the last with no valid token. */
 static int chunk_at(const struct tqkv_layer_view *v, uint32_t head, uint64_t lo, uint64_t pos, uint64_t t0,
-		    uint32_t *idx_scratch, struct attn_tile *tile, unsigned *n_tiles)
+		    const float *vcent, uint32_t *idx_scratch, struct attn_tile *tile, unsigned *n_tiles)
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
 	uint64_t b = t0 / v->block_tokens, published = v->n_blocks * v->block_tokens;
@@ -249,7 +267,7 @@ static int chunk_at(const struct tqkv_layer_view *v, uint32_t head, uint64_t lo,
 	*tile = (struct attn_tile){
 		.tile_bytes = kp.tile_bytes,
 		.vtile_bytes = vp.tile_bytes,
-		.vcent = vc->cent_hi,
+		.vcent = vcent,
 		.vcent_lo = vc->cent_lo,
 		.vsplit = vc->split,
 		.d = vc->d,
@@ -317,9 +335,15 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		uint64_t t0 = lo / TILE * TILE;
 		struct attn_tile ring[ATTN_LOOKAHEAD + 1];
 		unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
+		float cent16[16];
+		const float *vcent = vc->cent_hi;
 
 		for (unsigned k = 0; k < g; k++)
 			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
+		if (kernel == KERNEL_TQ4_AVX512) {
+			centroids16(vc, cent16);
+			vcent = cent16;
+		}
 		/* Chunks of up to four tiles inside one block, in a ring: the one
 		 * computed and the ATTN_LOOKAHEAD after it, whose bytes are on
 		 * their way (blocks of one head are not adjacent in memory, so
@@ -330,7 +354,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			while (queued <= ATTN_LOOKAHEAD && t0 <= pos && t0 < published) {
 				unsigned slot = (first + queued) % (ATTN_LOOKAHEAD + 1);
 
-				r = chunk_at(v, head, lo, pos, t0, idx_scratch, &ring[slot], &n_tiles[slot]);
+				r = chunk_at(v, head, lo, pos, t0, vcent, idx_scratch, &ring[slot], &n_tiles[slot]);
 				if (r < 0)
 					return r;
 				prefetch_chunk(&ring[slot], n_tiles[slot], n_chunks++ < ATTN_LOOKAHEAD);

@@ -14,7 +14,7 @@
 #include "rotation.h"
 
 #define KV_HEADS 2
-#define N_LAYERS 6
+#define N_LAYERS 8
 #define MAX_DIM 96
 
 static const struct tqkv_layer_desc layers[N_LAYERS] = {
@@ -25,6 +25,10 @@ static const struct tqkv_layer_desc layers[N_LAYERS] = {
 	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_INT8, .v_kind = TQKV_KIND_FP16 },
 	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_FP16, .v_kind = TQKV_KIND_INT8,
 	  .flags = TQKV_LAYER_CENTER_KEYS },
+	/* Both read as nibbles by the AVX-512 kernel. */
+	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_TQ3, .v_kind = TQKV_KIND_TQ3,
+	  .flags = TQKV_LAYER_CENTER_KEYS },
+	{ .n_kv_heads = KV_HEADS, .head_dim = 96, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ2 },
 	{ .kv_source = 0 },
 };
 
