@@ -25,6 +25,7 @@
 #include "attention-private.h"
 #include "codec-private.h"
 #include "cpu.h"
+#include "model.h"
 
 #define TILE TQKV_TILE_TOKENS
 /* Chunks prefetched ahead of the one computed. */
@@ -206,6 +207,35 @@ static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t hea
 	return 0;
 }
 
+/* Requests what page_of() will read for block's pages of head, whose
+ * misses would otherwise come one after another: stage 0 the record's
+ * header and page table entries, stage 1 (when those have arrived) the
+ * two page headers.  Reads only what stage 0 brought; checks bounds as
+ * tqkv_view_page() does, since a prefetch address is still computed. */
+static void prefetch_block_meta(const struct tqkv_layer_view *v, uint64_t block, uint32_t head, unsigned stage)
+{
+	const uint8_t *rec;
+	const uint64_t *pt;
+	uint64_t off;
+
+	if (block >= v->n_blocks)
+		return;
+	off = v->block_table[block];
+	if (off > v->arena_bytes ||
+	    v->arena_bytes - off < MODEL_PAGE_TABLE_OFFSET + 8ull * (v->page_index + 2 * v->n_kv_heads))
+		return;
+	rec = v->arena + off;
+	pt = (const uint64_t *)(rec + MODEL_PAGE_TABLE_OFFSET) + v->page_index + head * 2;
+	if (stage == 0) {
+		__builtin_prefetch(rec);
+		__builtin_prefetch(pt);
+		return;
+	}
+	for (unsigned s = 0; s < 2; s++)
+		if (pt[s] < v->arena_bytes - off)
+			__builtin_prefetch(rec + pt[s]);
+}
+
 static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
 			    const float *q, struct head_state *st, unsigned g)
 {
@@ -344,6 +374,11 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			centroids16(vc, cent16);
 			vcent = cent16;
 		}
+		/* The first blocks' page metadata, all at once: a short context
+		 * is mostly these misses.  The ring requests the later ones. */
+		for (unsigned stage = 0; stage < 2; stage++)
+			for (uint64_t b = t0 / v->block_tokens; b < t0 / v->block_tokens + 2 * ATTN_LOOKAHEAD + 12; b++)
+				prefetch_block_meta(v, b, head, stage);
 		/* Chunks of up to four tiles inside one block, in a ring: the one
 		 * computed and the ATTN_LOOKAHEAD after it, whose bytes are on
 		 * their way (blocks of one head are not adjacent in memory, so
@@ -354,6 +389,10 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			while (queued <= ATTN_LOOKAHEAD && t0 <= pos && t0 < published) {
 				unsigned slot = (first + queued) % (ATTN_LOOKAHEAD + 1);
 
+				if (t0 % v->block_tokens == 0) {
+					prefetch_block_meta(v, t0 / v->block_tokens + 2 * ATTN_LOOKAHEAD, head, 0);
+					prefetch_block_meta(v, t0 / v->block_tokens + ATTN_LOOKAHEAD, head, 1);
+				}
 				r = chunk_at(v, head, lo, pos, t0, vcent, idx_scratch, &ring[slot], &n_tiles[slot]);
 				if (r < 0)
 					return r;
