@@ -138,6 +138,7 @@ static void chunk_key_indices(const struct attn_tile *tile, unsigned W, __m512i 
 static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *st, __m512 *s, __m512 *p)
 {
 	float m_chunk = -INFINITY, m_new, sum = 0;
+	double m_old = *st->m;
 
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
 		__m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tile->knorms[t]));
@@ -146,9 +147,9 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 		s[t] = _mm512_mask_blend_ps(tile->valid[t], _mm512_set1_ps(-INFINITY), s[t]);
 	}
 	m_chunk = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3])));
-	m_new = m_chunk > *st->m ? m_chunk : *st->m;
-	if (m_new > *st->m) {
-		float f = expf(*st->m - m_new);
+	m_new = m_chunk > m_old ? m_chunk : (float)m_old;
+	if (m_new > m_old) {
+		float f = (float)exp(m_old - m_new);
 		__m512 fv = _mm512_set1_ps(f);
 
 		*st->l *= f;
@@ -362,10 +363,4 @@ void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *s
 			c[t] = _mm512_permutexvar_ps(vidx[t * D + i], cent);
 		accumulate_values(st, g, i, c, p);
 	}
-}
-
-void attn_lanes_fold_avx512(const float *lanes, unsigned d, float *acc)
-{
-	for (unsigned i = 0; i < d; i++)
-		acc[i] += _mm512_reduce_add_ps(_mm512_load_ps(lanes + i * 16));
 }

@@ -39,7 +39,7 @@ struct attn_lane_state {
 	const uint8_t *btab;  /* the 4-bit kernel's byte tables (64-byte aligned) */
 	float bstep;          /* their unit */
 	float q_mean;
-	float *m, *l;         /* running max and sum */
+	double *m, *l;        /* running max and sum */
 	float *lanes;         /* [d][16] per-lane value sums, 64-byte aligned */
 	void *owner;          /* the portable state, for attn_rescale_scalar */
 };
@@ -60,7 +60,8 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 /* The same for any TurboQuant kinds of K and V: unpacks each tile's planes
  * to one index per lane first. */
 void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);
-/* acc[i] += sum of the 16 lanes of coordinate i. */
-void attn_lanes_fold_avx512(const float *lanes, unsigned d, float *acc);
+/* The AVX2 kernel over nibble words (uniform 2-, 3- or 4-bit K and V),
+ * float tables with 16 entries per coordinate. */
+void attn_tile_nibbles_avx2(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);
 
 #endif

@@ -35,9 +35,11 @@
 
 /* What one query head keeps while it walks the tokens. */
 struct head_state {
-	float m, l;            /* running max of scores, sum of exp(score - m) */
-	float *acc_rot;        /* values in the rotated domain (TurboQuant V) */
-	float *acc;            /* values in the original domain (other V, tail) */
+	/* float64, so that the portable path is the reference the SIMD
+	 * kernels are tested against. */
+	double m, l;           /* running max of scores, sum of exp(score - m) */
+	double *acc_rot;       /* values in the rotated domain (TurboQuant V) */
+	double *acc;           /* values in the original domain (other V, tail) */
 	float *table;          /* K score table [padded_dim][16] (TurboQuant K) */
 	float *qrot;           /* rotated query, padded */
 	const float *q;
@@ -64,6 +66,7 @@ enum kernel {
 	KERNEL_PORTABLE,     /* token by token, float tables */
 	KERNEL_TQ_AVX512,    /* tiles of any TurboQuant kinds, float tables */
 	KERNEL_TQ4_AVX512,   /* tiles of 2-, 3- or 4-bit K and V as nibbles, byte tables */
+	KERNEL_NIBBLE_AVX2,  /* the same tiles with AVX2, float tables */
 };
 
 /* Whether the nibble kernel reads a stream: one index width over all
@@ -83,18 +86,42 @@ static void centroids16(const struct tqkv_codec *c, float *out)
 		out[m] = c->cent_hi[m % levels];
 }
 
-static enum kernel kernel_for(const struct tqkv_codec *kc, const struct tqkv_codec *vc)
+/* The instruction set a request resolves to on this CPU, or CPU_ISA_MAX
+ * for one it lacks. */
+static enum cpu_isa isa_for(enum tqkv_attn_kernel k)
 {
+	switch (k) {
+	case TQKV_ATTN_KERNEL_AUTO:
+		return cpu_best_isa();
+	case TQKV_ATTN_KERNEL_SCALAR:
+		return CPU_ISA_SCALAR;
+	case TQKV_ATTN_KERNEL_AVX2:
+		return cpu_has_isa(CPU_ISA_AVX2) ? CPU_ISA_AVX2 : CPU_ISA_MAX;
+	case TQKV_ATTN_KERNEL_AVX512:
+		return cpu_has_isa(CPU_ISA_AVX512) ? CPU_ISA_AVX512 : CPU_ISA_MAX;
+	}
+	return CPU_ISA_MAX;
+}
+
+static enum kernel kernel_for(const struct tqkv_codec *kc, const struct tqkv_codec *vc, enum cpu_isa isa)
+{
+	bool tq = kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->d == vc->d;
+	bool nibbles = tq && nibble_stream(kc) && nibble_stream(vc);
+
 #ifdef TQKV_HAVE_X86_SIMD
-	if (kc->cls == CODEC_CLASS_TQ && vc->cls == CODEC_CLASS_TQ && kc->d == vc->d && cpu_has_isa(CPU_ISA_AVX512))
-		return nibble_stream(kc) && nibble_stream(vc) ? KERNEL_TQ4_AVX512 : KERNEL_TQ_AVX512;
+	if (isa == CPU_ISA_AVX512 && tq)
+		return nibbles ? KERNEL_TQ4_AVX512 : KERNEL_TQ_AVX512;
+	if (isa == CPU_ISA_AVX2 && nibbles)
+		return KERNEL_NIBBLE_AVX2;
 #endif
+	(void)nibbles;
 	return KERNEL_PORTABLE;
 }
 
 struct kv_job {
 	const struct tqkv_layer_view *v;
 	const struct tqkv_attn *a;
+	enum cpu_isa isa;
 	const float *q;
 	float *out;
 	uint32_t n_queries;
@@ -109,10 +136,10 @@ static bool is_tq(const struct tqkv_codec *c)
 
 /* Applies score s with value row y (d values, for acc: acc or acc_rot) to
  * the running state. */
-static void online_update(struct head_state *st, float s, const float *y, float *acc, unsigned d)
+static void online_update(struct head_state *st, double s, const float *y, double *acc, unsigned d)
 {
 	if (s > st->m) {
-		float f = expf(st->m - s);
+		double f = exp(st->m - s);
 
 		st->l *= f;
 		for (unsigned j = 0; j < st->d; j++)
@@ -123,7 +150,7 @@ static void online_update(struct head_state *st, float s, const float *y, float 
 		st->m = s;
 	}
 	{
-		float p = expf(s - st->m);
+		double p = exp(s - st->m);
 
 		st->l += p;
 		for (unsigned j = 0; j < d; j++)
@@ -156,21 +183,21 @@ static void tile_row(const struct tqkv_codec *c, const uint8_t *bits, const uint
 	}
 }
 
-static float dot(const float *a, const float *b, unsigned d)
+static double dot(const float *a, const float *b, unsigned d)
 {
-	float s = 0;
+	double s = 0;
 
 	for (unsigned j = 0; j < d; j++)
-		s += a[j] * b[j];
+		s += (double)a[j] * b[j];
 	return s;
 }
 
 /* Score of a tile token for one query head. */
-static float tile_score(const struct tqkv_codec *kc, const struct head_state *st, const uint8_t *idx,
-			const float *krow, unsigned d)
+static double tile_score(const struct tqkv_codec *kc, const struct head_state *st, const uint8_t *idx,
+			 const float *krow, unsigned d)
 {
 	if (is_tq(kc)) {
-		float s = 0;
+		double s = 0;
 
 		for (unsigned j = 0; j < kc->d; j++)
 			s += st->table[j * 16 + (idx[j] & 0x0f)];
@@ -237,10 +264,9 @@ static void prefetch_block_meta(const struct tqkv_layer_view *v, uint64_t block,
 }
 
 static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
-			    const float *q, struct head_state *st, unsigned g)
+			    enum kernel kernel, const float *q, struct head_state *st, unsigned g)
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2];
-	enum kernel kernel = kernel_for(kc, v->codecs[head * 2 + 1]);
 	unsigned d = v->head_dim;
 
 	for (unsigned k = 0; k < g; k++) {
@@ -265,12 +291,29 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 				continue;
 			}
 			for (unsigned j = 0; j < kc->d; j++) {
+				float c16[16];
 				const float *cent = j < kc->split ? kc->cent_hi : kc->cent_lo;
 
+				if (kernel == KERNEL_NIBBLE_AVX2) {
+					centroids16(kc, c16);
+					cent = c16;
+				}
 				for (unsigned m = 0; m < 16; m++)
 					st[k].table[j * 16 + m] = st[k].qrot[j] * cent[m];
 			}
 		}
+	}
+}
+
+/* acc[i] += the 16 per-token lanes of coordinate i. */
+static void lanes_fold(const float *lanes, unsigned d, double *acc)
+{
+	for (unsigned i = 0; i < d; i++) {
+		float s = 0;
+
+		for (unsigned l = 0; l < 16; l++)
+			s += lanes[i * 16 + l];
+		acc[i] += s;
 	}
 }
 
@@ -341,24 +384,24 @@ static void prefetch_chunk(const struct attn_tile *tile, unsigned n_tiles, bool 
 }
 
 /* Attends one KV head for one query token at pos with g query heads. */
-static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a, uint64_t pos,
-		       struct head_state *st, unsigned g, float *out, float *scratch, uint32_t *idx_scratch)
+static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+		       enum kernel kernel, uint64_t pos, struct head_state *st, unsigned g, float *out, float *scratch,
+		       uint32_t *idx_scratch)
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
 	unsigned d = v->head_dim, D = kc->d > vc->d ? kc->d : vc->d;
 	uint64_t lo = a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
 	uint64_t published = v->n_blocks * v->block_tokens;
 	float *krow = scratch, *vrow = scratch + D;
-	enum kernel kernel = kernel_for(kc, vc);
 	uint8_t kidx[TQKV_HEAD_DIM_MAX], vidx[TQKV_HEAD_DIM_MAX];
 	int r = 0;
 
 	for (unsigned k = 0; k < g; k++) {
 		st[k].d = d;
 		st[k].d_rot = vc->d;
-		memset(st[k].acc, 0, sizeof(float) * D);
+		memset(st[k].acc, 0, sizeof(double) * D);
 		if (st[k].acc_rot)
-			memset(st[k].acc_rot, 0, sizeof(float) * D);
+			memset(st[k].acc_rot, 0, sizeof(double) * D);
 	}
 	if (kernel != KERNEL_PORTABLE) {
 		struct attn_lane_state ls[8];
@@ -370,7 +413,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 
 		for (unsigned k = 0; k < g; k++)
 			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
-		if (kernel == KERNEL_TQ4_AVX512) {
+		if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_NIBBLE_AVX2) {
 			centroids16(vc, cent16);
 			vcent = cent16;
 		}
@@ -419,6 +462,8 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 									  st[k0 + k].lanes, &st[k0 + k] };
 				if (kernel == KERNEL_TQ4_AVX512)
 					attn_tile_tq4_avx512(cur, ls, n);
+				else if (kernel == KERNEL_NIBBLE_AVX2)
+					attn_tile_nibbles_avx2(cur, ls, n);
 				else
 					attn_tile_tq_avx512(cur, ls, n);
 			}
@@ -428,7 +473,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		if (r < 0)
 			return r;
 		for (unsigned k = 0; k < g; k++)
-			attn_lanes_fold_avx512(st[k].lanes, vc->d, st[k].acc_rot);
+			lanes_fold(st[k].lanes, vc->d, st[k].acc_rot);
 	}
 	/* Published blocks, tile by tile. */
 	for (uint64_t t0 = lo / TILE * TILE; kernel == KERNEL_PORTABLE && t0 <= pos && t0 < published; t0 += TILE) {
@@ -460,7 +505,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 				tile_row(kc, kbits, kn, kidx, t, krow);
 			tile_row(vc, vbits, vn, vidx, t, vrow);
 			for (unsigned k = 0; k < g; k++) {
-				float s = tile_score(kc, &st[k], kidx, krow, d);
+				double s = tile_score(kc, &st[k], kidx, krow, d);
 
 				/* The table holds scale * q'_j * c[m]; keys add their norm. */
 				s *= is_tq(kc) ? tqkv_f16_to_f32(kn[t]) : a->scale;
@@ -484,15 +529,21 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 	}
 	for (unsigned k = 0; k < g; k++) {
 		float *o = out + ((size_t)head * g + k) * d;
-		float inv = st[k].l > 0 ? 1.0f / st[k].l : 0.0f;
+		double inv = st[k].l > 0 ? 1.0 / st[k].l : 0.0;
 
-		if (st[k].acc_rot) {
-			codec_unrotate(vc, st[k].acc_rot, 1.0f / vc->sqrt_d);
-			for (unsigned j = 0; j < d; j++)
-				st[k].acc[j] += st[k].acc_rot[j];
-		}
 		for (unsigned j = 0; j < d; j++)
-			o[j] = st[k].acc[j] * inv;
+			o[j] = (float)(st[k].acc[j] * inv);
+		if (st[k].acc_rot) {
+			/* One float rotation back, of the normalised sums (qrot is
+			 * free by now). */
+			float *y = st[k].qrot;
+
+			for (unsigned j = 0; j < vc->d; j++)
+				y[j] = (float)(st[k].acc_rot[j] * inv);
+			codec_unrotate(vc, y, 1.0f / vc->sqrt_d);
+			for (unsigned j = 0; j < d; j++)
+				o[j] += y[j];
+		}
 	}
 	return 0;
 }
@@ -505,14 +556,15 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 struct scratch {
 	unsigned g;
 	struct head_state *st;
-	float *mem;           /* per head: acc, acc_rot, qrot, table; then 2 rows */
+	float *mem;           /* per head: qrot, table; then 2 rows */
+	double *acc;          /* per head: acc, then acc_rot */
 	float *lanes;
 	uint8_t *btab;
 	uint32_t *idx;        /* unpacked indices of a chunk, K and V */
 };
 
 #define SCRATCH_D TQKV_HEAD_DIM_MAX
-#define SCRATCH_MEM_STRIDE (19 * SCRATCH_D + 16)                     /* floats */
+#define SCRATCH_MEM_STRIDE (17 * SCRATCH_D + 16)                     /* floats */
 #define SCRATCH_LANES_STRIDE (16 * SCRATCH_D + 80)                   /* floats */
 #define SCRATCH_BTAB_STRIDE (SCRATCH_D / 8 * ATTN_TQ4_WORD_TABLE + 320)  /* bytes */
 
@@ -527,6 +579,7 @@ static void scratch_free(void *p)
 		return;
 	free(s->st);
 	free(s->mem);
+	free(s->acc);
 	free(s->lanes);
 	free(s->btab);
 	free(s->idx);
@@ -554,19 +607,20 @@ static struct scratch *scratch_get(unsigned g)
 	s->g = g;
 	s->st = calloc(g, sizeof(*s->st));
 	s->mem = malloc(sizeof(float) * ((size_t)g * SCRATCH_MEM_STRIDE + 2 * SCRATCH_D));
+	s->acc = malloc(sizeof(double) * (size_t)g * 2 * SCRATCH_D);
 	s->lanes = aligned_alloc(64, sizeof(float) * (size_t)g * SCRATCH_LANES_STRIDE);
 	s->btab = aligned_alloc(64, (size_t)g * SCRATCH_BTAB_STRIDE);
 	s->idx = aligned_alloc(64, sizeof(uint32_t) * 2 * ATTN_CHUNK_TILES * 16 * SCRATCH_D);
-	if (!s->st || !s->mem || !s->lanes || !s->btab || !s->idx || pthread_setspecific(scratch_key, s) != 0) {
+	if (!s->st || !s->mem || !s->acc || !s->lanes || !s->btab || !s->idx || pthread_setspecific(scratch_key, s) != 0) {
 		scratch_free(s);
 		return NULL;
 	}
 	for (unsigned k = 0; k < g; k++) {
 		float *p = s->mem + (size_t)k * SCRATCH_MEM_STRIDE;
 
-		s->st[k].acc = p;
-		s->st[k].qrot = p + 2 * SCRATCH_D;
-		s->st[k].table = p + 3 * SCRATCH_D;
+		s->st[k].acc = s->acc + (size_t)k * 2 * SCRATCH_D;
+		s->st[k].qrot = p;
+		s->st[k].table = p + SCRATCH_D;
 		s->st[k].lanes = s->lanes + (size_t)k * SCRATCH_LANES_STRIDE;
 		s->st[k].btab = s->btab + (size_t)k * SCRATCH_BTAB_STRIDE;
 	}
@@ -592,11 +646,12 @@ static void run_job(void *arg)
 
 		for (uint32_t h = j->head_first; h < j->head_first + j->head_count && j->result == 0; h++) {
 			bool v_tq = is_tq(v->codecs[h * 2 + 1]);
+			enum kernel kernel = kernel_for(v->codecs[h * 2], v->codecs[h * 2 + 1], j->isa);
 
 			for (unsigned k = 0; k < g; k++)
-				st[k].acc_rot = v_tq ? s->mem + (size_t)k * SCRATCH_MEM_STRIDE + SCRATCH_D : NULL;
-			prepare_queries(v, h, j->a, q, st, g);
-			j->result = attend_head(v, h, j->a, j->a->position + i, st, g, out,
+				st[k].acc_rot = v_tq ? s->acc + (size_t)k * 2 * SCRATCH_D + SCRATCH_D : NULL;
+			prepare_queries(v, h, j->a, kernel, q, st, g);
+			j->result = attend_head(v, h, j->a, kernel, j->a->position + i, st, g, out,
 						s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
 		}
 	}
@@ -606,12 +661,16 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 				  const struct tqkv_attn *a, float *out)
 {
 	unsigned threads;
+	enum cpu_isa isa;
 	struct kv_job jobs[64];
 	int r = 0;
 
 	if (!v || !q || !a || !out || n == 0 || v->n_kv_heads == 0 || a->n_q_heads % v->n_kv_heads ||
 	    a->n_q_heads == 0 || n > v->n_tokens || a->position > v->n_tokens - n)
 		return -EINVAL;
+	isa = isa_for(a->kernel);
+	if (isa == CPU_ISA_MAX)
+		return -ENOTSUP;
 	threads = a->threads ? a->threads : 1;
 	if (threads > v->n_kv_heads)
 		threads = v->n_kv_heads;
@@ -621,7 +680,7 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 	for (unsigned i = 0; i < threads; i++) {
 		uint32_t first = v->n_kv_heads * i / threads, last = v->n_kv_heads * (i + 1) / threads;
 
-		jobs[i] = (struct kv_job){ v, a, q, out, n, first, last - first, 0 };
+		jobs[i] = (struct kv_job){ v, a, isa, q, out, n, first, last - first, 0 };
 	}
 	attn_pool_run(run_job, jobs, sizeof(jobs[0]), threads);
 	for (unsigned i = 0; i < threads; i++)

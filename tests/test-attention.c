@@ -6,6 +6,7 @@
  * engine attending while the worker publishes.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <math.h>
 
 #include <tqkv/attention.h>
@@ -123,16 +124,19 @@ static double rel_error(const float *got, const double *want, size_t n)
 	return sqrt(e / w);
 }
 
-/* One attention call against the reference, for every layer. */
+/* One attention call against the reference, for every layer and every
+ * kernel this CPU has (the scalar float64 path, AVX2, AVX-512). */
 static void check_all_layers(struct tqkv_seq *s, uint64_t seed, uint64_t pos, unsigned g, uint32_t window,
 			     unsigned threads)
 {
+	static const enum tqkv_attn_kernel kernels[] = { TQKV_ATTN_KERNEL_AUTO, TQKV_ATTN_KERNEL_SCALAR,
+							 TQKV_ATTN_KERNEL_AVX2, TQKV_ATTN_KERNEL_AVX512 };
+
 	for (uint32_t l = 0; l < N_LAYERS; l++) {
 		struct tqkv_layer_view v;
 		unsigned n_q = KV_HEADS * g, d;
 		float *q, *out;
 		double *ref;
-		struct tqkv_attn a;
 
 		cr_assert_eq(tqkv_seq_view(s, l, &v), 0);
 		d = v.head_dim;
@@ -140,14 +144,23 @@ static void check_all_layers(struct tqkv_seq *s, uint64_t seed, uint64_t pos, un
 		out = malloc(sizeof(float) * n_q * d);
 		ref = malloc(sizeof(double) * n_q * d);
 		gaussian_fill(seed + pos * 31 + l, q, n_q * d);
-		a = (struct tqkv_attn){ .n_q_heads = n_q, .scale = 1.0f / sqrtf((float)d), .position = pos,
-					.window = window, .threads = threads };
-		cr_assert_eq(tqkv_attend(&v, q, &a, out), 0);
-		reference(&v, q, n_q, a.scale, pos, window, ref);
-		cr_assert_lt(rel_error(out, ref, (size_t)n_q * d), 1e-4,
-			     "layer %u pos %llu g %u window %u threads %u (published %llu): relative error %g", l,
-			     (unsigned long long)pos, g, window, threads, (unsigned long long)(v.n_blocks * 64),
-			     rel_error(out, ref, (size_t)n_q * d));
+		reference(&v, q, n_q, 1.0f / sqrtf((float)d), pos, window, ref);
+		for (size_t k = 0; k < sizeof(kernels) / sizeof(kernels[0]); k++) {
+			struct tqkv_attn a = { .n_q_heads = n_q, .scale = 1.0f / sqrtf((float)d), .position = pos,
+					       .window = window, .threads = threads, .kernel = kernels[k] };
+			int r = tqkv_attend(&v, q, &a, out);
+
+			if (r == -ENOTSUP) {
+				cr_assert_neq(kernels[k], TQKV_ATTN_KERNEL_SCALAR);
+				continue;  /* this CPU lacks the instruction set */
+			}
+			cr_assert_eq(r, 0);
+			cr_assert_lt(rel_error(out, ref, (size_t)n_q * d), 1e-4,
+				     "layer %u pos %llu g %u window %u threads %u kernel %d (published %llu): "
+				     "relative error %g",
+				     l, (unsigned long long)pos, g, window, threads, kernels[k],
+				     (unsigned long long)(v.n_blocks * 64), rel_error(out, ref, (size_t)n_q * d));
+		}
 		free(q);
 		free(out);
 		free(ref);

@@ -21,18 +21,28 @@
 extern "C" {
 #endif
 
+/* Which kernels tqkv_attend() runs (struct tqkv_attn.kernel). */
+enum tqkv_attn_kernel {
+	TQKV_ATTN_KERNEL_AUTO = 0,    /* the fastest this CPU has */
+	TQKV_ATTN_KERNEL_SCALAR = 1,  /* the portable reference: float64 accumulation, token by token */
+	TQKV_ATTN_KERNEL_AVX2 = 2,    /* AVX2 + FMA + F16C tiles where the kinds allow, else scalar */
+	TQKV_ATTN_KERNEL_AVX512 = 3,  /* AVX-512 F/BW/VL/DQ/VBMI/VNNI tiles where the kinds allow, else scalar */
+};
+
 struct tqkv_attn {
 	uint32_t n_q_heads;   /* query heads of the layer, a multiple of the view's n_kv_heads */
 	float scale;          /* softmax scale, usually 1 / sqrt(head_dim) */
 	uint64_t position;    /* the (first) query's position: it sees tokens <= position */
 	uint32_t window;      /* sliding window: tokens > position - window (0 = all) */
 	unsigned threads;     /* worker threads for this call (0 or 1: the caller's only) */
+	enum tqkv_attn_kernel kernel;  /* 0: automatic; a kernel this CPU lacks: -ENOTSUP */
 };
 
 /*
  * One query token: q holds n_q_heads * head_dim floats (head after head),
  * out receives the same shape.  The view must contain position
- * (position < v->n_tokens).  Returns 0, -EINVAL, or -ENOMEM.
+ * (position < v->n_tokens).  Returns 0, -EINVAL, -ENOTSUP (a->kernel needs
+ * an instruction set this CPU or build lacks), or -ENOMEM.
  */
 TQKV_EXPORT int tqkv_attend(const struct tqkv_layer_view *v, const float *q, const struct tqkv_attn *a, float *out);
 

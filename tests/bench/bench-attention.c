@@ -367,16 +367,43 @@ static int fill(struct tqkv_seq *s, struct fp16_cache *fc, uint64_t n)
 	return r < 0 ? r : tqkv_seq_wait(s, n);
 }
 
+/* The kernel an --isa name asks for, or TQKV_ATTN_KERNEL_AUTO. */
+static enum tqkv_attn_kernel kernel_named(const char *name)
+{
+	static const struct {
+		const char *name;
+		enum tqkv_attn_kernel kernel;
+	} names[] = {
+		{ "scalar", TQKV_ATTN_KERNEL_SCALAR },
+		{ "avx2", TQKV_ATTN_KERNEL_AVX2 },
+		{ "avx512", TQKV_ATTN_KERNEL_AVX512 },
+	};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(name, names[i].name) == 0)
+			return names[i].kernel;
+	return TQKV_ATTN_KERNEL_AUTO;
+}
+
 int bench_attention(const struct bench_options *o)
 {
 	static const uint64_t contexts_full[] = { 1024, 4096, 32768, 131072 }, contexts_quick[] = { 32768 };
 	static const enum tqkv_kind kinds[] = { TQKV_KIND_TQ4, TQKV_KIND_TQ3 };
 	const uint64_t *contexts = o->context ? &o->context : o->quick ? contexts_quick : contexts_full;
 	size_t n_contexts = o->context || o->quick ? 1 : 4, n_kinds = o->quick ? 1 : 2;
-	double bw[3] = { 0, measure_bandwidth(1), measure_bandwidth(2) };
+	enum tqkv_attn_kernel kernel = TQKV_ATTN_KERNEL_AUTO;
+	double bw[3];
 	struct bench_daemon d;
 	int r;
 
+	/* --isa picks tqkv's kernels; the FP16 baseline stays AVX-512. */
+	if (o->isa && (kernel = kernel_named(o->isa)) == TQKV_ATTN_KERNEL_AUTO) {
+		fprintf(stderr, "tqkv-bench: unknown --isa '%s'\n", o->isa);
+		return -EINVAL;
+	}
+	bw[0] = 0;
+	bw[1] = measure_bandwidth(1);
+	bw[2] = measure_bandwidth(2);
 	if (!o->json)
 		printf("# memory bandwidth: %.1f GB/s (1 thread), %.1f GB/s (2 threads)\n"
 		       "%-8s %-4s %-3s %-7s %14s %14s %9s %9s\n",
@@ -420,7 +447,7 @@ int bench_attention(const struct bench_options *o)
 					float *q = malloc(sizeof(float) * HEADS * g * DIM);
 					float *out = malloc(sizeof(float) * HEADS * g * DIM);
 					struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM),
-							       .position = n - 1, .threads = threads };
+							       .position = n - 1, .threads = threads, .kernel = kernel };
 					double t_fp16, t_tqkv, floor;
 					struct call base = { .fc = &fc, .q = q, .out = out, .g = g, .threads = threads };
 					struct call ours = { .v = &v, .a = &a, .q = q, .out = out };

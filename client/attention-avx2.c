@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * AVX2 tile kernel for CPUs without AVX-512 VBMI/VNNI: the same chunks of
+ * four tiles of nibble words as the AVX-512 kernel (2- and 3-bit streams
+ * converted first), each 64-byte word split in two halves of 8 tokens.
+ * A 16-entry lookup is two vpermps (low 3 bits) and a blend on bit 3, from
+ * float tables, so scores are exact.  Values are accumulated per lane in
+ * the rotated domain as in the AVX-512 kernel.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdbool.h>
+
+#include <tqkv/codec.h>
+
+#include "attention-private.h"
+
+#define HALVES 2
+
+/* e^x for x <= 0, relative error ~1e-7 (the AVX-512 kernel's polynomial). */
+static __m256 exp256(__m256 x)
+{
+	const __m256 log2e = _mm256_set1_ps(1.44269504f), ln2_hi = _mm256_set1_ps(0.693359375f),
+		     ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+	__m256 n, r, p;
+	__m256i e;
+
+	x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+	n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	r = _mm256_fnmadd_ps(n, ln2_hi, x);
+	r = _mm256_fnmadd_ps(n, ln2_lo, r);
+	p = _mm256_set1_ps(1.9875691500e-4f);
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+	p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+	/* 2^n for n in [-126, 0]: the exponent field. */
+	e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+	return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static float hmax256(__m256 v)
+{
+	__m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+
+	m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+	m = _mm_max_ss(m, _mm_movehdup_ps(m));
+	return _mm_cvtss_f32(m);
+}
+
+static float hsum256(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+/* row[idx & 15] per lane: vpermps reads the low 3 bits, bit 3 picks the
+ * half (moved to the sign bit for the blend). */
+static inline __m256 lookup16(__m256 lo, __m256 hi, __m256i idx)
+{
+	return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
+				_mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+
+static inline __m256i load_half_word(const uint8_t *bits, unsigned w, unsigned h)
+{
+	return _mm256_loadu_si256((const __m256i *)(bits + w * 64 + h * 32));
+}
+
+/* Scores of the chunk's tokens for one query head: s[t][h]. */
+static void chunk_scores(const struct attn_tile *tile, const struct attn_lane_state *st, __m256 (*s)[HALVES])
+{
+	const unsigned W = tile->d / 8;
+
+	for (unsigned h = 0; h < HALVES; h++) {
+		__m256 acc[ATTN_CHUNK_TILES];
+
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+			acc[t] = _mm256_setzero_ps();
+		for (unsigned w = 0; w < W; w++) {
+			__m256i word[ATTN_CHUNK_TILES];
+
+			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+				word[t] = load_half_word(tile->kbits[t], w, h);
+			for (unsigned f = 0; f < 8; f++) {
+				const float *row = st->table + (w + f * W) * 16;
+				__m256 lo = _mm256_loadu_ps(row), hi = _mm256_loadu_ps(row + 8);
+
+				for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+					acc[t] = _mm256_add_ps(acc[t],
+							       lookup16(lo, hi, _mm256_srli_epi32(word[t], (int)(4 * f))));
+			}
+		}
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+			s[t][h] = acc[t];
+	}
+}
+
+/* Softmax update for a query head: scores become weights times value
+ * norms, p[t][h]. */
+static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *st, __m256 (*s)[HALVES],
+			  __m256 (*p)[HALVES])
+{
+	float m_chunk = -INFINITY, m_new, sum = 0;
+	double m_old = *st->m;
+	__m256 total = _mm256_setzero_ps();
+
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+		for (unsigned h = 0; h < HALVES; h++) {
+			__m256 kn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(tile->knorms[t] + 8 * h)));
+			__m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+			__m256i valid = _mm256_set1_epi32((tile->valid[t] >> (8 * h)) & 0xff);
+			__m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(valid, bit), bit));
+			float m;
+
+			s[t][h] = _mm256_fmadd_ps(s[t][h], kn, _mm256_set1_ps(st->q_mean));
+			s[t][h] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s[t][h], keep);
+			m = hmax256(s[t][h]);
+			m_chunk = m > m_chunk ? m : m_chunk;
+			p[t][h] = keep;  /* the mask, until the weights replace it */
+		}
+	m_new = m_chunk > m_old ? m_chunk : (float)m_old;
+	if (m_new > m_old) {
+		float f = (float)exp(m_old - m_new);
+		__m256 fv = _mm256_set1_ps(f);
+
+		*st->l *= f;
+		for (unsigned i = 0; i < tile->d * 16; i += 8)
+			_mm256_store_ps(st->lanes + i, _mm256_mul_ps(_mm256_load_ps(st->lanes + i), fv));
+		attn_rescale_scalar(st, f);
+		*st->m = m_new;
+	}
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+		for (unsigned h = 0; h < HALVES; h++) {
+			__m256 vn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(tile->vnorms[t] + 8 * h)));
+			__m256 e = _mm256_and_ps(p[t][h], exp256(_mm256_sub_ps(s[t][h], _mm256_set1_ps(m_new))));
+
+			total = _mm256_add_ps(total, e);
+			p[t][h] = _mm256_mul_ps(e, vn);
+		}
+	sum = hsum256(total);
+	*st->l += sum;
+}
+
+/* Requests slice w of n of the later chunk's bytes (see attn_tile). */
+static inline void prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)
+{
+	for (unsigned s = 0; s < 2; s++) {
+		uint32_t from = tile->ahead_bytes[s] * w / n & ~63u, to = tile->ahead_bytes[s] * (w + 1) / n;
+
+		for (uint32_t off = from; off < to; off += 64)
+			_mm_prefetch((const char *)tile->ahead[s] + off, _MM_HINT_T0);
+	}
+}
+
+static inline __attribute__((always_inline)) void tile_nibbles(const struct attn_tile *tile,
+								struct attn_lane_state *st, unsigned g)
+{
+	const unsigned W = tile->d / 8;
+	const __m256 vlo = _mm256_loadu_ps(tile->vcent), vhi = _mm256_loadu_ps(tile->vcent + 8);
+	__m256 p[8][ATTN_CHUNK_TILES][HALVES];
+
+	for (unsigned k = 0; k < g; k++) {
+		__m256 s[ATTN_CHUNK_TILES][HALVES];
+
+		chunk_scores(tile, &st[k], s);
+		chunk_softmax(tile, &st[k], s, p[k]);
+	}
+	for (unsigned w = 0; w < W; w++) {
+		prefetch_slice(tile, w, W);
+		for (unsigned h = 0; h < HALVES; h++) {
+			__m256i word[ATTN_CHUNK_TILES];
+
+			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+				word[t] = load_half_word(tile->vbits[t], w, h);
+			for (unsigned f = 0; f < 8; f++) {
+				unsigned i = w + f * W;
+				__m256 c[ATTN_CHUNK_TILES];
+
+				for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+					c[t] = lookup16(vlo, vhi, _mm256_srli_epi32(word[t], (int)(4 * f)));
+				for (unsigned k = 0; k < g; k++) {
+					float *a = st[k].lanes + i * 16 + h * 8;
+					__m256 x = _mm256_load_ps(a);
+
+					for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+						x = _mm256_fmadd_ps(p[k][t][h], c[t], x);
+					_mm256_store_ps(a, x);
+				}
+			}
+		}
+	}
+}
+
+/* One tile of 2- or 3-bit planes as nibble words: attn_tile_tq4_avx512's
+ * tile_to_nibbles, 32 bytes at a time. */
+static void tile_to_nibbles(const struct tqkv_layout *l, const uint8_t *bits, uint8_t *out)
+{
+	const struct tqkv_plane *lo = &l->planes[0], *hi = l->n_planes > 1 ? &l->planes[1] : NULL;
+	const __m256i m = _mm256_set1_epi32(0x33333333);
+	const unsigned W2 = lo->words, W1 = hi ? hi->words : 1;
+
+	for (unsigned w = 0; w < W2; w++)
+		for (unsigned h = 0; h < HALVES; h++) {
+			__m256i L = load_half_word(bits + lo->offset, w, h), even, odd;
+
+			if (hi) {
+				__m256i H = load_half_word(bits + hi->offset, w % W1, h);
+				bool up = w >= W1;
+
+				even = _mm256_or_si256(_mm256_and_si256(L, m),
+						       _mm256_andnot_si256(m, up ? _mm256_slli_epi32(H, 1) : _mm256_slli_epi32(H, 2)));
+				odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(L, 2), m),
+						      _mm256_andnot_si256(m, up ? _mm256_srli_epi32(H, 1) : H));
+			} else {
+				even = _mm256_and_si256(L, m);
+				odd = _mm256_and_si256(_mm256_srli_epi32(L, 2), m);
+			}
+			_mm256_store_si256((__m256i *)(out + w * 64 + h * 32), even);
+			_mm256_store_si256((__m256i *)(out + (w + W2) * 64 + h * 32), odd);
+		}
+}
+
+void attn_tile_nibbles_avx2(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
+{
+	struct attn_tile nib = *tile;
+	uint8_t *buf = (uint8_t *)tile->idx;
+	const size_t tile_size = (size_t)tile->d / 2 * 16;
+
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+		if (tile->klayout->bits_hi != 4) {
+			nib.kbits[t] = buf + t * tile_size;
+			tile_to_nibbles(tile->klayout, tile->kbits[t], buf + t * tile_size);
+		}
+		if (tile->vlayout->bits_hi != 4) {
+			nib.vbits[t] = buf + (ATTN_CHUNK_TILES + t) * tile_size;
+			tile_to_nibbles(tile->vlayout, tile->vbits[t], buf + (ATTN_CHUNK_TILES + t) * tile_size);
+		}
+	}
+	switch (g) {
+	case 1:
+		tile_nibbles(&nib, st, 1);
+		break;
+	case 4:
+		tile_nibbles(&nib, st, 4);
+		break;
+	default:
+		tile_nibbles(&nib, st, g);
+	}
+}
