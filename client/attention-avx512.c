@@ -118,6 +118,37 @@ static void chunk_scores(__m512i (*idx)[2], unsigned W, const struct attn_lane_s
 	}
 }
 
+/* Word w of a tile as 4-bit nibble words.  4-bit tiles are that already.
+ * 2- and 3-bit tiles hold a 2-bit plane of index bits 0-1 and, for 3
+ * bits, a 1-bit plane of bit 2 (PAGE-FORMAT.md).  With W2 and W1 words per
+ * token in the two planes (W2 = 2 W1 = W / 2), coordinate i = w + W2 f
+ * sits in 2-bit field f of word w and in bit 2f + w / W1 of 1-bit word
+ * w mod W1.  So the even fields of 2-bit word w, with their high bits
+ * moved up to bit 2, make nibble word w, whose nibble k is coordinate
+ * w + W k, and the odd fields make nibble word w + W2: the 4-bit mapping.
+ * A nibble's bit 3 is then another index's bit, so the tables repeat
+ * their 8 (or 4) centroids. */
+static inline __m512i nibble_word(const struct tqkv_layout *l, const uint8_t *bits, unsigned w)
+{
+	const struct tqkv_plane *lo = &l->planes[0], *hi = &l->planes[1];
+	const __m512i m = _mm512_set1_epi32(0x33333333);
+	unsigned W2 = lo->words, odd = w >= W2, w2 = odd ? w - W2 : w, up;
+	__m512i L, H;
+
+	if (l->bits_hi == 4)
+		return _mm512_loadu_si512(bits + w * 64);
+	L = _mm512_loadu_si512(bits + lo->offset + w2 * 64);
+	if (odd)
+		L = _mm512_srli_epi32(L, 2);
+	if (l->n_planes == 1)
+		return _mm512_and_si512(L, m);
+	H = _mm512_loadu_si512(bits + hi->offset + (w2 & (hi->words - 1)) * 64);
+	up = w2 >= hi->words;  /* this word's high bits sit one bit higher */
+	H = odd ? (up ? _mm512_srli_epi32(H, 1) : H) : (up ? _mm512_slli_epi32(H, 1) : _mm512_slli_epi32(H, 2));
+	/* (a & m) | (b & ~m): index bits 0-1 from L, bits 2-3 from H */
+	return _mm512_ternarylogic_epi32(L, H, m, 0xe4);
+}
+
 /* The vpermb indices of a chunk's K words: [tile * W + w][low, high]. */
 static void chunk_key_indices(const struct attn_tile *tile, unsigned W, __m512i (*idx)[2])
 {
@@ -125,7 +156,7 @@ static void chunk_key_indices(const struct attn_tile *tile, unsigned W, __m512i 
 
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 		for (unsigned w = 0; w < W; w++) {
-			__m512i word = _mm512_loadu_si512(tile->kbits[t] + w * 64);
+			__m512i word = nibble_word(tile->klayout, tile->kbits[t], w);
 
 			/* (a & b) | c */
 			idx[t * W + w][0] = _mm512_ternarylogic_epi32(word, mask, pos, 0xea);
@@ -222,7 +253,7 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 
 		prefetch_slice(tile, w, W);
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-			word[t] = _mm512_loadu_si512(tile->vbits[t] + w * 64);
+			word[t] = nibble_word(tile->vlayout, tile->vbits[t], w);
 		for (unsigned f = 0; f < 8; f++) {
 			__m512 c[ATTN_CHUNK_TILES];
 
@@ -259,70 +290,20 @@ static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512
 	}
 }
 
-/* Rewrites one tile of 2- or 3-bit indices (a 2-bit plane of index bits
- * 0-1 and, for 3 bits, a 1-bit plane of bit 2; PAGE-FORMAT.md) into the
- * 4-bit kernel's nibble words, W = d / 8 words of 64 bytes.  With W2 and
- * W1 words per token in the two planes (W2 = 2 W1 = W / 2), coordinate
- * i = w + W2 f sits in 2-bit field f of word w and in bit 2f + w / W1 of
- * 1-bit word w mod W1.  So the even fields of word w with their high bits
- * moved up to bit 2 are nibble word w, whose nibble k is coordinate
- * w + W k, and the odd fields nibble word w + W2: exactly the 4-bit
- * mapping.  A nibble's bit 3 is another index's bit, so the tables repeat
- * their 8 (or 4) centroids. */
-static void tile_to_nibbles(const struct tqkv_layout *l, const uint8_t *bits, uint8_t *out)
-{
-	const struct tqkv_plane *lo = &l->planes[0], *hi = l->n_planes > 1 ? &l->planes[1] : NULL;
-	const __m512i m = _mm512_set1_epi32(0x33333333);
-	const unsigned W2 = lo->words, W1 = hi ? hi->words : 1;
-
-	for (unsigned w = 0; w < W2; w++) {
-		__m512i L = _mm512_loadu_si512(bits + lo->offset + w * 64), even, odd;
-
-		if (hi) {
-			__m512i H = _mm512_loadu_si512(bits + hi->offset + (w % W1) * 64);
-			bool up = w >= W1;  /* this word's high bits sit one bit higher */
-
-			/* (a & m) | (b & ~m): index bits 0-1 from L, bit 2 (and 3) from H */
-			even = _mm512_ternarylogic_epi32(L, up ? _mm512_slli_epi32(H, 1) : _mm512_slli_epi32(H, 2), m, 0xe4);
-			odd = _mm512_ternarylogic_epi32(_mm512_srli_epi32(L, 2), up ? _mm512_srli_epi32(H, 1) : H, m, 0xe4);
-		} else {
-			even = _mm512_and_si512(L, m);
-			odd = _mm512_and_si512(_mm512_srli_epi32(L, 2), m);
-		}
-		_mm512_store_si512(out + w * 64, even);
-		_mm512_store_si512(out + (w + W2) * 64, odd);
-	}
-}
-
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
-	struct attn_tile nib = *tile;
-	uint8_t *buf = (uint8_t *)tile->idx;
-	const size_t tile_nibbles = (size_t)tile->d / 2 * 16;
-
-	/* 2- and 3-bit streams go through nibble words in scratch. */
-	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
-		if (tile->klayout->bits_hi != 4) {
-			nib.kbits[t] = buf + t * tile_nibbles;
-			tile_to_nibbles(tile->klayout, tile->kbits[t], buf + t * tile_nibbles);
-		}
-		if (tile->vlayout->bits_hi != 4) {
-			nib.vbits[t] = buf + (ATTN_CHUNK_TILES + t) * tile_nibbles;
-			tile_to_nibbles(tile->vlayout, tile->vbits[t], buf + (ATTN_CHUNK_TILES + t) * tile_nibbles);
-		}
-	}
 	switch (g) {
 	case 1:
-		tile_tq4(&nib, st, 1);
+		tile_tq4(tile, st, 1);
 		break;
 	case 2:
-		tile_tq4(&nib, st, 2);
+		tile_tq4(tile, st, 2);
 		break;
 	case 4:
-		tile_tq4(&nib, st, 4);
+		tile_tq4(tile, st, 4);
 		break;
 	default:
-		tile_tq4(&nib, st, g);
+		tile_tq4(tile, st, g);
 	}
 }
 
