@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 
 #include <tqkv/attention.h>
 
@@ -271,6 +272,68 @@ Test(attention, concurrent_with_publishing, .timeout = 120)
 		check_all_layers(s, 3, t + 31, 2, 0, 2);
 	}
 	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* Calls from several threads at once share the worker pool: each thread
+ * attends a sequence (the model allows two, so two threads share one)
+ * with two workers, and every result equals the one computed alone
+ * beforehand (the split over heads is deterministic). */
+#define CALLERS 3
+
+struct caller {
+	struct tqkv_layer_view v;
+	float q[KV_HEADS * 4 * 64], want[KV_HEADS * 4 * 64];
+	int bad;
+};
+
+static void *caller_main(void *arg)
+{
+	struct caller *c = arg;
+	struct tqkv_attn a = { .n_q_heads = KV_HEADS * 4, .scale = 0.125f, .position = c->v.n_tokens - 1,
+			       .threads = 2 };
+
+	for (int i = 0; i < 200; i++) {
+		float out[KV_HEADS * 4 * 64];
+
+		if (tqkv_attend(&c->v, c->q, &a, out) != 0 || memcmp(out, c->want, sizeof(out)) != 0)
+			c->bad++;
+	}
+	return NULL;
+}
+
+Test(attention, concurrent_callers_share_the_pool, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s[2];
+	struct caller callers[CALLERS];
+	pthread_t tid[CALLERS];
+
+	daemon_start(&d, NULL);
+	c = connect_model(&d);
+	for (unsigned i = 0; i < CALLERS; i++) {
+		struct tqkv_attn a = { .n_q_heads = KV_HEADS * 4, .scale = 0.125f, .threads = 1 };
+
+		if (i < 2) {
+			cr_assert_eq(tqkv_seq_open(c, &s[i]), 0);
+			append(s[i], 11 + i, 0, 300 + 50 * i, true);
+		}
+		cr_assert_eq(tqkv_seq_view(s[i % 2], 0, &callers[i].v), 0);
+		gaussian_fill(5 + i, callers[i].q, KV_HEADS * 4 * 64);
+		a.position = callers[i].v.n_tokens - 1;
+		cr_assert_eq(tqkv_attend(&callers[i].v, callers[i].q, &a, callers[i].want), 0);
+		callers[i].bad = 0;
+	}
+	for (unsigned i = 0; i < CALLERS; i++)
+		cr_assert_eq(pthread_create(&tid[i], NULL, caller_main, &callers[i]), 0);
+	for (unsigned i = 0; i < CALLERS; i++) {
+		pthread_join(tid[i], NULL);
+		cr_assert_eq(callers[i].bad, 0, "caller %u: %d calls differed", i, callers[i].bad);
+	}
+	tqkv_seq_close(s[0]);
+	tqkv_seq_close(s[1]);
 	tqkv_client_free(c);
 	daemon_stop(&d);
 }
