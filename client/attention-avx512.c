@@ -226,7 +226,7 @@ static inline void prefetch_slice(const struct attn_tile *tile, unsigned w, unsi
 		uint32_t from = tile->ahead_bytes[s] * w / n & ~63u, to = tile->ahead_bytes[s] * (w + 1) / n;
 
 		for (uint32_t off = from; off < to; off += 64)
-			_mm_prefetch((const char *)tile->ahead[s] + off, _MM_HINT_T0);
+			_mm_prefetch((const char *)tile->ahead[s] + off, _MM_HINT_T1);
 	}
 }
 
