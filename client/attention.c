@@ -213,8 +213,18 @@ struct page_ref {
 	uint32_t tiles_offset, norms_offset, tile_bytes;
 };
 
+/* A head's last validated page header per stream.  Every full page of one
+ * (layer, head, stream) has the same 64 header bytes, so a page whose
+ * header equals the last one needs no second check: one compare instead
+ * of a CRC and the geometry (a short context is mostly this). */
+struct page_memo {
+	bool valid[2];
+	uint8_t header[2][sizeof(struct tqkv_page_header)];
+	struct page_ref ref[2];
+};
+
 static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t head, unsigned stream,
-		   struct page_ref *ret)
+		   struct page_memo *memo, struct page_ref *ret)
 {
 	const struct tqkv_codec *c = v->codecs[head * 2 + stream];
 	struct page_geometry g;
@@ -225,12 +235,26 @@ static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t hea
 
 	if (!p)
 		return -EBADMSG;
+	if (memo && memo->valid[stream] && memcmp(p, memo->header[stream], sizeof(memo->header[stream])) == 0) {
+		*ret = memo->ref[stream];
+		ret->base = p;
+		return 0;
+	}
 	r = page_check(c, p, size, stream == 0 && v->key_mean, &g, &n_tokens);
 	if (r < 0)
 		return r;
 	if (n_tokens != v->block_tokens)
 		return -EBADMSG;
 	*ret = (struct page_ref){ p, g.tiles, g.norms, c->layout.tile_bytes };
+	if (memo) {
+		/* page_check() validated a copy; keep the bytes it saw only if
+		 * they have not changed since (else check again next time). */
+		memcpy(memo->header[stream], p, sizeof(memo->header[stream]));
+		memo->valid[stream] = page_check(c, memo->header[stream], size, stream == 0 && v->key_mean, &g,
+						 &n_tokens) == 0 && n_tokens == v->block_tokens &&
+				      g.tiles == ret->tiles_offset && g.norms == ret->norms_offset;
+		memo->ref[stream] = *ret;
+	}
 	return 0;
 }
 
@@ -321,16 +345,17 @@ static void lanes_fold(const float *lanes, unsigned d, double *acc)
  * inside its block and ends at the block's, the publication's or pos's
  * tile; *n_tiles are real, the rest repeat the last with no valid token. */
 static int chunk_at(const struct tqkv_layer_view *v, uint32_t head, uint64_t lo, uint64_t pos, uint64_t t0,
-		    const float *vcent, uint32_t *idx_scratch, struct attn_tile *tile, unsigned *n_tiles)
+		    const float *vcent, uint32_t *idx_scratch, struct page_memo *memo, struct attn_tile *tile,
+		    unsigned *n_tiles)
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
 	uint64_t b = t0 / v->block_tokens, published = v->n_blocks * v->block_tokens;
 	uint64_t end = (b + 1) * v->block_tokens;
 	struct page_ref kp, vp;
-	int r = page_of(v, b, head, 0, &kp);
+	int r = page_of(v, b, head, 0, memo, &kp);
 
 	if (r >= 0)
-		r = page_of(v, b, head, 1, &vp);
+		r = page_of(v, b, head, 1, memo, &vp);
 	if (r < 0)
 		return r;
 	if (end > published)
@@ -408,6 +433,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		uint64_t t0 = lo / TILE * TILE;
 		struct attn_tile ring[ATTN_LOOKAHEAD + 1];
 		unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
+		struct page_memo memo = { { false, false }, { { 0 } }, { { 0 } } };
 		float cent16[16];
 		const float *vcent = vc->cent_hi;
 
@@ -436,7 +462,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 					prefetch_block_meta(v, t0 / v->block_tokens + 2 * ATTN_LOOKAHEAD, head, 0);
 					prefetch_block_meta(v, t0 / v->block_tokens + ATTN_LOOKAHEAD, head, 1);
 				}
-				r = chunk_at(v, head, lo, pos, t0, vcent, idx_scratch, &ring[slot], &n_tiles[slot]);
+				r = chunk_at(v, head, lo, pos, t0, vcent, idx_scratch, &memo, &ring[slot], &n_tiles[slot]);
 				if (r < 0)
 					return r;
 				prefetch_chunk(&ring[slot], n_tiles[slot], n_chunks++ < ATTN_LOOKAHEAD);
@@ -482,10 +508,10 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		const uint8_t *kbits, *vbits;
 		const uint16_t *kn, *vn;
 
-		r = page_of(v, b, head, 0, &kp);
+		r = page_of(v, b, head, 0, NULL, &kp);
 
 		if (r >= 0)
-			r = page_of(v, b, head, 1, &vp);
+			r = page_of(v, b, head, 1, NULL, &vp);
 		if (r < 0)
 			return r;
 		kbits = kp.base + kp.tiles_offset + (in / TILE) * kp.tile_bytes;
