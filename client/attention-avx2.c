@@ -147,17 +147,6 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 	*st->l += sum;
 }
 
-/* Requests slice w of n of the later chunk's bytes (see attn_tile). */
-static inline void prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)
-{
-	for (unsigned s = 0; s < 2; s++) {
-		uint32_t from = tile->ahead_bytes[s] * w / n & ~63u, to = tile->ahead_bytes[s] * (w + 1) / n;
-
-		for (uint32_t off = from; off < to; off += 64)
-			_mm_prefetch((const char *)tile->ahead[s] + off, _MM_HINT_T0);
-	}
-}
-
 static inline __attribute__((always_inline)) void tile_nibbles(const struct attn_tile *tile,
 								struct attn_lane_state *st, unsigned g)
 {
@@ -172,7 +161,7 @@ static inline __attribute__((always_inline)) void tile_nibbles(const struct attn
 		chunk_softmax(tile, &st[k], s, p[k]);
 	}
 	for (unsigned w = 0; w < W; w++) {
-		prefetch_slice(tile, w, W);
+		attn_prefetch_slice(tile, w, W);
 		for (unsigned h = 0; h < HALVES; h++) {
 			__m256i word[ATTN_CHUNK_TILES];
 

@@ -219,17 +219,6 @@ static void accumulate_values(struct attn_lane_state *st, unsigned g, unsigned i
 	}
 }
 
-/* Requests slice w of n of the later chunk's bytes. */
-static inline void prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)
-{
-	for (unsigned s = 0; s < 2; s++) {
-		uint32_t from = tile->ahead_bytes[s] * w / n & ~63u, to = tile->ahead_bytes[s] * (w + 1) / n;
-
-		for (uint32_t off = from; off < to; off += 64)
-			_mm_prefetch((const char *)tile->ahead[s] + off, _MM_HINT_T1);
-	}
-}
-
 /* The 4-bit kernel for g query heads; inlined with g a constant for the
  * common group sizes so that the weights stay in registers. */
 static inline __attribute__((always_inline)) void tile_tq4(const struct attn_tile *tile,
@@ -251,7 +240,7 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 	for (unsigned w = 0; w < W; w++) {
 		__m512i word[ATTN_CHUNK_TILES];
 
-		prefetch_slice(tile, w, W);
+		attn_prefetch_slice(tile, w, W);
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 			word[t] = nibble_word(tile->vlayout, tile->vbits[t], w);
 		for (unsigned f = 0; f < 8; f++) {
@@ -339,7 +328,7 @@ void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *s
 		__m512 cent = i < tile->vsplit ? vc_hi : vc_lo, c[ATTN_CHUNK_TILES];
 
 		if (i % 8 == 0)
-			prefetch_slice(tile, i / 8, D / 8);
+			attn_prefetch_slice(tile, i / 8, D / 8);
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 			c[t] = _mm512_permutexvar_ps(vidx[t * D + i], cent);
 		accumulate_values(st, g, i, c, p);

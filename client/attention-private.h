@@ -33,6 +33,18 @@ struct attn_tile {
 	uint32_t *idx;
 };
 
+/* Requests slice w of n of the later chunk's bytes (tile->ahead), into L2:
+ * L1 stays with the chunk being computed. */
+static inline void attn_prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)
+{
+	for (unsigned s = 0; s < 2; s++) {
+		uint32_t from = tile->ahead_bytes[s] * w / n & ~63u, to = tile->ahead_bytes[s] * (w + 1) / n;
+
+		for (uint32_t off = from; off < to; off += 64)
+			__builtin_prefetch(tile->ahead[s] + off, 0, 2);
+	}
+}
+
 /* A query head's running softmax, shared with the portable path. */
 struct attn_lane_state {
 	const float *table;   /* [d][16]: scale * q'_j * c_j[m] */
