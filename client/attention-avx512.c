@@ -334,3 +334,33 @@ void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *s
 		accumulate_values(st, g, i, c, p);
 	}
 }
+
+/* acc[i] += the sum of the 16 lanes of coordinate i, 16 coordinates at a
+ * time with a transposing add tree (45 operations, not 16 reductions). */
+void attn_lanes_fold_avx512(const float *lanes, unsigned d, double *acc)
+{
+	for (unsigned i0 = 0; i0 < d; i0 += 16) {
+		__m512 a[8], b[4], c[2], sum;
+
+		for (unsigned i = 0; i < 8; i++) {
+			__m512 x = _mm512_load_ps(lanes + (i0 + 2 * i) * 16), y = _mm512_load_ps(lanes + (i0 + 2 * i + 1) * 16);
+
+			a[i] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+		}
+		for (unsigned i = 0; i < 4; i++) {
+			__m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+
+			b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+					     _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+		}
+		for (unsigned i = 0; i < 2; i++)
+			c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+					     _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+		sum = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+		_mm512_storeu_pd(acc + i0, _mm512_add_pd(_mm512_loadu_pd(acc + i0),
+							 _mm512_cvtps_pd(_mm512_castps512_ps256(sum))));
+		_mm512_storeu_pd(acc + i0 + 8,
+				 _mm512_add_pd(_mm512_loadu_pd(acc + i0 + 8),
+					       _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1)))));
+	}
+}

@@ -72,6 +72,8 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 /* The same for any TurboQuant kinds of K and V: unpacks each tile's planes
  * to one index per lane first. */
 void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);
+/* acc[i] += the sum of the 16 lanes of coordinate i (d a multiple of 16). */
+void attn_lanes_fold_avx512(const float *lanes, unsigned d, double *acc);
 /* The AVX2 kernel over nibble words (uniform 2-, 3- or 4-bit K and V),
  * float tables with 16 entries per coordinate. */
 void attn_tile_nibbles_avx2(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);

@@ -287,6 +287,48 @@ static void prefetch_block_meta(const struct tqkv_layer_view *v, uint64_t block,
 			__builtin_prefetch(rec + pt[s]);
 }
 
+/* acc[i] += the 16 per-token lanes of coordinate i. */
+static void lanes_fold(enum kernel kernel, const float *lanes, unsigned d, double *acc)
+{
+#ifdef TQKV_HAVE_X86_SIMD
+	if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_TQ_AVX512) {
+		attn_lanes_fold_avx512(lanes, d, acc);
+		return;
+	}
+#endif
+	for (unsigned i = 0; i < d; i++) {
+		float s = 0;
+
+		for (unsigned l = 0; l < 16; l++)
+			s += lanes[i * 16 + l];
+		acc[i] += s;
+	}
+}
+
+/* The query's rotation and the values' rotation back, with AVX-512 where
+ * the tile kernels run on it (d is then 16 or more). */
+static void rotate(const struct tqkv_codec *c, enum kernel kernel, float *x)
+{
+#ifdef TQKV_HAVE_X86_SIMD
+	if ((kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_TQ_AVX512) && c->d >= 16) {
+		codec_rotate_avx512(c, x);
+		return;
+	}
+#endif
+	codec_rotate(c, x);
+}
+
+static void unrotate(const struct tqkv_codec *c, enum kernel kernel, float *y, float f)
+{
+#ifdef TQKV_HAVE_X86_SIMD
+	if ((kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_TQ_AVX512) && c->d >= 16) {
+		codec_unrotate_avx512(c, y, f);
+		return;
+	}
+#endif
+	codec_unrotate(c, y, f);
+}
+
 static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
 			    enum kernel kernel, const float *q, struct head_state *st, unsigned g)
 {
@@ -304,7 +346,7 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 			/* q' = P q (P = D2 H D1 / sqrt(d)); the table folds in the scale. */
 			memset(st[k].qrot, 0, sizeof(float) * kc->d);
 			memcpy(st[k].qrot, qh, sizeof(float) * d);
-			codec_rotate(kc, st[k].qrot);
+			rotate(kc, kernel, st[k].qrot);
 			for (unsigned j = 0; j < kc->d; j++)
 				st[k].qrot[j] *= a->scale / kc->sqrt_d;
 			if (kernel == KERNEL_TQ4_AVX512) {
@@ -326,18 +368,6 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 					st[k].table[j * 16 + m] = st[k].qrot[j] * cent[m];
 			}
 		}
-	}
-}
-
-/* acc[i] += the 16 per-token lanes of coordinate i. */
-static void lanes_fold(const float *lanes, unsigned d, double *acc)
-{
-	for (unsigned i = 0; i < d; i++) {
-		float s = 0;
-
-		for (unsigned l = 0; l < 16; l++)
-			s += lanes[i * 16 + l];
-		acc[i] += s;
 	}
 }
 
@@ -499,7 +529,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		if (r < 0)
 			return r;
 		for (unsigned k = 0; k < g; k++)
-			lanes_fold(st[k].lanes, vc->d, st[k].acc_rot);
+			lanes_fold(kernel, st[k].lanes, vc->d, st[k].acc_rot);
 	}
 	/* Published blocks, tile by tile. */
 	for (uint64_t t0 = lo / TILE * TILE; kernel == KERNEL_PORTABLE && t0 <= pos && t0 < published; t0 += TILE) {
@@ -566,7 +596,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 
 			for (unsigned j = 0; j < vc->d; j++)
 				y[j] = (float)(st[k].acc_rot[j] * inv);
-			codec_unrotate(vc, y, 1.0f / vc->sqrt_d);
+			unrotate(vc, kernel, y, 1.0f / vc->sqrt_d);
 			for (unsigned j = 0; j < d; j++)
 				o[j] += y[j];
 		}

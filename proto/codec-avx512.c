@@ -385,6 +385,34 @@ static void avx512_decode_token(const struct tqkv_codec *c, const uint8_t *bits,
 	}
 }
 
+void codec_rotate_avx512(const struct tqkv_codec *c, float *x)
+{
+	__m512 v[MAX_REGS];
+	unsigned nr = c->d / 16;
+
+	for (unsigned r = 0; r < nr; r++)
+		v[r] = _mm512_loadu_ps(x + 16 * r);
+	xor_signs(v, c->sign1_mask, nr);
+	wht(v, nr);
+	xor_signs(v, c->sign2_mask, nr);
+	for (unsigned r = 0; r < nr; r++)
+		_mm512_storeu_ps(x + 16 * r, v[r]);
+}
+
+void codec_unrotate_avx512(const struct tqkv_codec *c, float *y, float f)
+{
+	__m512 v[MAX_REGS];
+	unsigned nr = c->d / 16;
+
+	for (unsigned r = 0; r < nr; r++)
+		v[r] = _mm512_loadu_ps(y + 16 * r);
+	xor_signs(v, c->sign2_mask, nr);
+	wht(v, nr);
+	xor_signs(v, c->sign1_mask, nr);
+	for (unsigned r = 0; r < nr; r++)
+		_mm512_storeu_ps(y + 16 * r, _mm512_mul_ps(v[r], _mm512_set1_ps(f)));
+}
+
 const struct codec_kernels codec_kernels_avx512 = {
 	.encode_tile = avx512_encode_tile,
 	.decode_token = avx512_decode_token,

@@ -131,3 +131,29 @@ Test(codec_simd, qjl_kinds_use_the_reference)
 	for (int k = TQKV_KIND_TQ2; k < TQKV_KIND_MAX; k++)
 		compare_paths(k, 64, TQKV_CODEC_QJL, 128, &state);
 }
+
+/* The attention kernels' AVX-512 rotation (of a query, and back for the
+ * values) equals the reference bit for bit, fresh random data per dim. */
+Test(codec_simd, avx512_rotation_equals_scalar)
+{
+	if (!cpu_has_isa(CPU_ISA_AVX512)) {
+		cr_log_warn("no AVX-512 on this CPU: nothing to compare");
+		return;
+	}
+	for (unsigned d = 16; d <= TQKV_HEAD_DIM_MAX; d *= 2) {
+		struct tqkv_codec *c = test_codec(TQKV_KIND_TQ4, d, 0, 0x5eed + d);
+		float a[TQKV_HEAD_DIM_MAX], b[TQKV_HEAD_DIM_MAX];
+
+		for (unsigned rep = 0; rep < 64; rep++) {
+			gaussian_fill(d * 1000 + rep, a, d);
+			memcpy(b, a, sizeof(float) * d);
+			codec_rotate(c, a);
+			codec_rotate_avx512(c, b);
+			cr_assert_eq(memcmp(a, b, sizeof(float) * d), 0, "rotate d=%u", d);
+			codec_unrotate(c, a, 0.37f);
+			codec_unrotate_avx512(c, b, 0.37f);
+			cr_assert_eq(memcmp(a, b, sizeof(float) * d), 0, "unrotate d=%u", d);
+		}
+		tqkv_codec_free(c);
+	}
+}
