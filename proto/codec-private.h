@@ -127,8 +127,9 @@ void codec_scalar_encode_token(const struct tqkv_codec *c, const struct codec_sr
 void codec_rotate(const struct tqkv_codec *c, float *x);
 /* y <- D1 H D2 y * f: the inverse rotation scaled by f. */
 void codec_unrotate(const struct tqkv_codec *c, float *y, float f);
-/* The same with AVX-512, for padded dims of 16 or more (the same
- * arithmetic, so the same results); only where cpu_has_isa(CPU_ISA_AVX512). */
+/* The same with AVX-512, for padded dims of 16 or more: the butterflies
+ * add in another order, so results match to float rounding, not bit for
+ * bit (encoders keep the reference's); only where cpu_has_isa(AVX512). */
 void codec_rotate_avx512(const struct tqkv_codec *c, float *x);
 void codec_unrotate_avx512(const struct tqkv_codec *c, float *y, float f);
 
