@@ -14,6 +14,7 @@
 #include <criterion/criterion.h>
 
 #include "gguf.h"
+#include "ref-json.h"
 
 /* ---- a tiny GGUF writer ------------------------------------------------- */
 
@@ -242,18 +243,6 @@ Test(gguf, open_errors)
 }
 
 /* ---- the real models ---------------------------------------------------- */
-
-static const char *models_dir(char *buf, size_t size)
-{
-	const char *env = getenv("TQKV_MODELS"), *root = getenv("TQKV_SOURCE_ROOT");
-	struct stat st;
-
-	if (env)
-		snprintf(buf, size, "%s", env);
-	else
-		snprintf(buf, size, "%s/../shared/models", root ? root : ".");
-	return stat(buf, &st) == 0 && S_ISDIR(st.st_mode) ? buf : NULL;
-}
 
 static struct gguf_file *open_model(const char *name)
 {
