@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The forward pass with the FP32 cache against the reference outputs of
+ * ../shared/models: the last prompt position's logits (max difference at
+ * most 1e-3 of their range) and the 48-token greedy continuations.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+
+#include <criterion/criterion.h>
+
+#include "gguf.h"
+#include "llama-model.h"
+#include "ref-json.h"
+
+static void check_model(const char *model, const char *ref)
+{
+	char dir[4096], path[4300], err[256];
+	struct gguf_file *f;
+	struct llama_model *m;
+	char *json;
+
+	if (!models_dir(dir, sizeof(dir))) {
+		cr_log_warn("no model directory (set TQKV_MODELS): %s not checked", model);
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/%s", dir, model);
+	cr_assert_eq(gguf_open(path, &f, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(llama_model_load(f, &m, err, sizeof(err)), 0, "%s", err);
+	snprintf(path, sizeof(path), "%s/%s", dir, ref);
+	json = read_text_file(path, NULL);
+	cr_assert_not_null(json);
+	for (int p = 0; p < 3; p++) {
+		double ids[256], want[8192], greedy[64];
+		int n = json_array(json, "ids", p, ids, 256), n_logits = json_array(json, "last_logits", p, want, 8192);
+		int n_greedy = json_array(json, "greedy_ids", p, greedy, 64);
+		struct llama_kv_f32 *kv;
+		struct llama_ctx *c;
+		float *logits = malloc(sizeof(float) * m->hp.vocab);
+		double lo = INFINITY, hi = -INFINITY, worst = 0;
+		uint32_t pos = 0, next;
+
+		cr_assert(n > 0 && n_logits == (int)m->hp.vocab && n_greedy == 48);
+		cr_assert_eq(llama_kv_f32_new(&m->hp, (uint32_t)(n + n_greedy), &kv), 0);
+		cr_assert_eq(llama_ctx_new(m, &llama_kv_f32_ops, kv, &c), 0);
+		for (; pos < (uint32_t)n; pos++)
+			cr_assert_eq(llama_forward(c, (uint32_t)ids[pos], pos, pos + 1 == (uint32_t)n ? logits : NULL), 0);
+		for (int i = 0; i < n_logits; i++) {
+			lo = want[i] < lo ? want[i] : lo;
+			hi = want[i] > hi ? want[i] : hi;
+			worst = fmax(worst, fabs(logits[i] - want[i]));
+		}
+		cr_assert_leq(worst, 1e-3 * (hi - lo), "%s prompt %d: max logit difference %g, range %g", model, p, worst,
+			      hi - lo);
+		cr_log_info("%s prompt %d: max logit difference %.3g of a range of %.3g", model, p, worst, hi - lo);
+		/* Greedy: the argmax, fed back. */
+		for (int g = 0; g < n_greedy; g++, pos++) {
+			next = 0;
+			for (uint32_t i = 1; i < m->hp.vocab; i++)
+				if (logits[i] > logits[next])
+					next = i;
+			cr_assert_eq(next, (uint32_t)greedy[g], "%s prompt %d: greedy token %d is %u, want %u", model, p, g,
+				     next, (uint32_t)greedy[g]);
+			cr_assert_eq(llama_forward(c, next, pos, logits), 0);
+		}
+		llama_ctx_free(c);
+		llama_kv_f32_free(kv);
+		free(logits);
+	}
+	free(json);
+	llama_model_free(m);
+	gguf_close(f);
+}
+
+Test(llama_model, stories260k_matches_the_reference, .timeout = 120)
+{
+	check_model("stories260K-f32.gguf", "stories260K-f32.ref.json");
+}
+
+Test(llama_model, head_dim_128_model_matches_the_reference, .timeout = 300)
+{
+	check_model("selftrained-llama-hd128-20M-f16.gguf", "selftrained-llama-hd128-20M-f16.ref.json");
+}
