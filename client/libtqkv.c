@@ -41,6 +41,7 @@ struct tqkv_seq {
 	const float *key_means;   /* NULL if no layer is centered */
 	uint8_t *ring;
 	uint64_t committed;
+	uint64_t written;          /* one past the highest token written (any layer) */
 };
 
 static int set_error(struct tqkv_client *c, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -476,6 +477,8 @@ TQKV_EXPORT int tqkv_seq_write(struct tqkv_seq *s, uint64_t token, uint32_t laye
 	bytes = (size_t)l->desc.n_kv_heads * l->desc.head_dim * 2u;
 	memcpy(row + model_row_offset(m, layer, 0, 0), k, bytes);
 	memcpy(row + model_row_offset(m, layer, 0, 1), v, bytes);
+	if (token + 1 > s->written)
+		s->written = token + 1;
 	return 0;
 }
 
@@ -554,6 +557,20 @@ TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_la
 		.key_mean = model_key_mean(m, s->key_means, layer, 0),
 	};
 	ret->n_tokens = s->committed > ret->n_blocks * m->block_tokens ? s->committed : ret->n_blocks * m->block_tokens;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_seq_view_written(struct tqkv_seq *s, uint32_t layer, uint64_t n_tokens,
+				      struct tqkv_layer_view *ret)
+{
+	int r = tqkv_seq_view(s, layer, ret);
+
+	if (r < 0 || n_tokens <= ret->n_tokens)
+		return r;
+	/* Beyond what is written, or what the staging ring still holds. */
+	if (n_tokens > s->written || n_tokens > ret->n_blocks * ret->block_tokens + ret->staging_tokens)
+		return -EINVAL;
+	ret->n_tokens = n_tokens;
 	return 0;
 }
 

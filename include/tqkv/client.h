@@ -118,6 +118,13 @@ struct tqkv_layer_view {
 };
 
 TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_layer_view *ret);
+/* The same view extended to n_tokens with tokens this process has
+ * written but not committed yet: what an engine attends over while it
+ * computes a token, layer by layer.  The caller vouches that those tokens
+ * were written for this layer; -EINVAL past the highest token written or
+ * past what the staging ring holds. */
+TQKV_EXPORT int tqkv_seq_view_written(struct tqkv_seq *s, uint32_t layer, uint64_t n_tokens,
+				      struct tqkv_layer_view *ret);
 /* The page of (block, head, stream) and its size; NULL if out of range. */
 TQKV_EXPORT const void *tqkv_view_page(const struct tqkv_layer_view *v, uint64_t block, uint32_t head,
 				       unsigned stream, size_t *ret_size);

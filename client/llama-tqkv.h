@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The engine's KV cache in tqkv: each token's K and V rows go into the
+ * sequence's FP16 tail through libtqkv, the daemon compresses full blocks,
+ * and attention runs over the pages and the tail with tqkv_attend().
+ */
+#ifndef TQKV_CLIENT_LLAMA_TQKV_H
+#define TQKV_CLIENT_LLAMA_TQKV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tqkv/codec.h>
+
+#include "llama-model.h"
+
+/* Which codec each layer gets. */
+struct llama_kv_policy {
+	enum tqkv_kind k_kind, v_kind;
+	bool center_keys;          /* subtract each head's key mean (TQKV_LAYER_CENTER_KEYS) */
+	uint32_t boundary;         /* the first and last this many layers keep FP16 K and V */
+	unsigned threads;          /* attention threads per call */
+};
+
+struct llama_kv_tqkv;
+
+/* Connects to tqkvd at socket (NULL: the default), registers the model
+ * under fingerprint and opens a sequence; errors with a message in err. */
+int llama_kv_tqkv_new(const struct llama_hparams *hp, uint64_t fingerprint, const char *socket,
+		      const struct llama_kv_policy *policy, struct llama_kv_tqkv **ret, char *err, size_t err_size);
+void llama_kv_tqkv_free(struct llama_kv_tqkv *kv);
+/* FP16 K/V bytes per token over the bytes the pages take (norms and
+ * headers included), over all layers. */
+double llama_kv_tqkv_compression(const struct llama_kv_tqkv *kv);
+
+extern const struct llama_kv_ops llama_kv_tqkv_ops;
+
+/* A fingerprint of the model: its hyper-parameters and first weights. */
+uint64_t llama_model_fingerprint(const struct llama_model *m);
+
+#endif
