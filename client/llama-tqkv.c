@@ -108,6 +108,16 @@ void llama_kv_tqkv_free(struct llama_kv_tqkv *kv)
 	free(kv);
 }
 
+int llama_kv_tqkv_reset(struct llama_kv_tqkv *kv)
+{
+	int r = tqkv_seq_close(kv->seq);
+
+	kv->seq = NULL;
+	if (r >= 0)
+		r = tqkv_seq_open(kv->client, &kv->seq);
+	return r;
+}
+
 double llama_kv_tqkv_compression(const struct llama_kv_tqkv *kv)
 {
 	const uint32_t block = 1024;

@@ -30,6 +30,8 @@ struct llama_kv_tqkv;
 int llama_kv_tqkv_new(const struct llama_hparams *hp, uint64_t fingerprint, const char *socket,
 		      const struct llama_kv_policy *policy, struct llama_kv_tqkv **ret, char *err, size_t err_size);
 void llama_kv_tqkv_free(struct llama_kv_tqkv *kv);
+/* Closes the sequence and opens an empty one (a new context window). */
+int llama_kv_tqkv_reset(struct llama_kv_tqkv *kv);
 /* FP16 K/V bytes per token over the bytes the pages take (norms and
  * headers included), over all layers. */
 double llama_kv_tqkv_compression(const struct llama_kv_tqkv *kv);

@@ -9,6 +9,17 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 export CC=${CC:-gcc}
+# The engine's tests run the real models of ../shared/models (or
+# $TQKV_MODELS); without them they say so and skip those checks.
+if [ -z "${TQKV_MODELS:-}" ]; then
+	for dir in "$PWD/../shared/models" /work/shared/models; do
+		if [ -d "$dir" ]; then
+			export TQKV_MODELS=$dir
+			break
+		fi
+	done
+fi
+echo "== models: ${TQKV_MODELS:-none found}"
 jobs=$(nproc)
 passed=0
 failed=0
