@@ -60,8 +60,9 @@ static void help(FILE *f)
 		"  --seed N          generate: the sampler's seed (default 1)\n"
 		"  --text FILE       perplexity, compare: the evaluation text\n"
 		"  --tokens N        perplexity, compare: tokens to score (default 4096; 0: the whole text)\n"
-		"  --k KIND          key codec: fp16, int8, tq2, tq2.5, tq3, tq3.5, tq4 (default tq4)\n"
-		"  --v KIND          value codec (default tq4)\n"
+		"  --k KIND          key codec: fp16, int8, tq2, tq2.5, tq3, tq3.5, tq4, or its bits\n"
+		"                    (16, 8, 4, 3.5, 3, 2.5, 2; default tq4)\n"
+		"  --v KIND          value codec, the same names (default tq4)\n"
 		"  --center          subtract each head's key mean before quantizing keys\n"
 		"  --boundary N      keep FP16 K and V in the first and last N layers (default 0)\n"
 		"  --threads N       attention threads per call (default 1)\n"
@@ -97,6 +98,23 @@ static int parse_uint(const char *s, unsigned max, unsigned *ret)
 		return -1;
 	*ret = (unsigned)v;
 	return 0;
+}
+
+/* A codec kind by name (tq4, int8, fp16, ...) or by its bits as the
+ * quality table writes them: 16 = fp16, 8 = int8, 4 = tq4, 3.5 = tq3.5... */
+static int kind_of(const char *s)
+{
+	char name[16];
+
+	if (!strcmp(s, "16"))
+		return TQKV_KIND_FP16;
+	if (!strcmp(s, "8"))
+		return TQKV_KIND_INT8;
+	if (strlen(s) < sizeof(name) - 2 && ((s[0] >= '1' && s[0] <= '4' && !s[1]) || !strcmp(s, "2.5") || !strcmp(s, "3.5"))) {
+		snprintf(name, sizeof(name), "tq%s", s);
+		return tqkv_kind_from_string(name);
+	}
+	return tqkv_kind_from_string(s);
 }
 
 static int parse_args(int argc, char **argv, struct options *o)
@@ -153,9 +171,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 			break;
 		case 'k':
 		case 'v':
-			kind = tqkv_kind_from_string(optarg);
+			kind = kind_of(optarg);
 			if (kind < 0)
-				return usage("unknown codec kind '%s' (fp16, int8, tq2, tq2.5, tq3, tq3.5, tq4)", optarg);
+				return usage("unknown codec kind '%s' (fp16, int8, tq2, tq2.5, tq3, tq3.5, tq4; or 16, 8, 4, 3.5, 3, 2.5, 2)",
+					     optarg);
 			*(c == 'k' ? &o->policy.k_kind : &o->policy.v_kind) = (enum tqkv_kind)kind;
 			break;
 		case 'K':
