@@ -15,10 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <tqkv/client.h>
 
 #include "gguf.h"
 #include "llama-model.h"
@@ -63,6 +67,9 @@ static void help(FILE *f)
 		"  --k KIND          key codec: fp16, int8, tq2, tq2.5, tq3, tq3.5, tq4, or its bits\n"
 		"                    (16, 8, 4, 3.5, 3, 2.5, 2; default tq4)\n"
 		"  --v KIND          value codec, the same names (default tq4)\n"
+		"  --preset NAME     a named policy (sets --k, --v, --center, --boundary; later options\n"
+		"                    override it): quality (K int8, V tq4), balanced (tq4/tq4),\n"
+		"                    compact (tq3/tq3); docs/QUALITY.md has their measured quality\n"
 		"  --center          subtract each head's key mean before quantizing keys\n"
 		"  --boundary N      keep FP16 K and V in the first and last N layers (default 0)\n"
 		"  --threads N       attention threads per call (default 1)\n"
@@ -128,7 +135,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "center", no_argument, NULL, 'c' }, { "boundary", required_argument, NULL, 'b' },
 		{ "threads", required_argument, NULL, 'j' }, { "socket", required_argument, NULL, 's' },
 		{ "kv", required_argument, NULL, 'K' }, { "json", no_argument, NULL, 'J' },
-		{ "help", no_argument, NULL, 'h' }, { 0 },
+		{ "preset", required_argument, NULL, 'P' }, { "help", no_argument, NULL, 'h' }, { 0 },
 	};
 	int c, kind;
 
@@ -177,6 +184,17 @@ static int parse_args(int argc, char **argv, struct options *o)
 					     optarg);
 			*(c == 'k' ? &o->policy.k_kind : &o->policy.v_kind) = (enum tqkv_kind)kind;
 			break;
+		case 'P': {
+			const struct tqkv_preset *p = tqkv_preset_find(optarg);
+
+			if (!p)
+				return usage("unknown preset '%s' (quality, balanced, compact)", optarg);
+			o->policy.k_kind = p->k_kind;
+			o->policy.v_kind = p->v_kind;
+			o->policy.center_keys = p->layer_flags & TQKV_LAYER_CENTER_KEYS;
+			o->policy.boundary = p->boundary_layers;
+			break;
+		}
 		case 'K':
 			if (strcmp(optarg, "f32") != 0 && strcmp(optarg, "tqkv") != 0)
 				return usage("--kv is f32 or tqkv, not '%s'", optarg);
@@ -207,7 +225,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 struct daemon {
 	pid_t pid;
-	char dir[64], socket[128];
+	char dir[64], socket[96];  /* fits sockaddr_un.sun_path */
 };
 
 /* $TQKVD, else ../daemon/tqkvd next to this program (a build tree), else
@@ -255,12 +273,19 @@ static int daemon_start(struct daemon *d)
 		fprintf(stderr, "tqkv-llama: cannot run %s: %s\n", path, strerror(errno));
 		_exit(127);
 	}
+	/* Ready when it accepts a connection (the socket file appears at
+	 * bind(), a moment before listen()). */
 	for (int i = 0; i < 500; i++) {
-		struct stat st;
-		int status;
+		struct sockaddr_un addr = { .sun_family = AF_UNIX };
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), status;
 
-		if (stat(d->socket, &st) == 0)
+		snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", d->socket);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
+			close(fd);
 			return 0;
+		}
+		if (fd >= 0)
+			close(fd);
 		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
 			d->pid = 0;
 			return -ECHILD;

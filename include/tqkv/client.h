@@ -65,6 +65,28 @@ TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text);
 /* Registers the model (once per connection) and maps the shared memory. */
 TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct tqkv_model *m);
 
+/*
+ * Named codec policies, chosen from docs/QUALITY.md (the head_dim-128
+ * model, 16384 tokens of its own domain):
+ *   quality   K int8, V tq4
+ *   balanced  K tq4, V tq4      PPL +0.11%, top-1 97.3%, 3.9x smaller than FP16
+ *   compact   K tq3, V tq3      PPL +0.75%, top-1 94.5%, 5.1x
+ * An engine applies one to every layer of its model (boundary_layers
+ * first and last layers keep FP16).
+ */
+struct tqkv_preset {
+	const char *name;
+	enum tqkv_kind k_kind, v_kind;
+	uint8_t layer_flags;         /* enum tqkv_layer_flag */
+	uint32_t boundary_layers;
+	const char *summary;         /* one line: measured quality and size */
+};
+
+/* The preset called name, or NULL. */
+TQKV_EXPORT const struct tqkv_preset *tqkv_preset_find(const char *name);
+/* All presets: *ret_n of them. */
+TQKV_EXPORT const struct tqkv_preset *tqkv_presets(size_t *ret_n);
+
 TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret);
 /* Closes the sequence and frees it; accepts NULL. */
 TQKV_EXPORT int tqkv_seq_close(struct tqkv_seq *s);
