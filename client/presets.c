@@ -6,7 +6,7 @@
 #include <tqkv/client.h>
 
 static const struct tqkv_preset presets[] = {
-	{ "quality", TQKV_KIND_INT8, TQKV_KIND_TQ4, 0, 0, "K int8, V tq4: PPL QUALITY_PPL, QUALITY_SIZE" },
+	{ "quality", TQKV_KIND_INT8, TQKV_KIND_TQ4, 0, 0, "K int8, V tq4: PPL +0.05%, top-1 98.5%, 2.6x smaller than FP16" },
 	{ "balanced", TQKV_KIND_TQ4, TQKV_KIND_TQ4, 0, 0, "K tq4, V tq4: PPL +0.11%, top-1 97.3%, 3.9x smaller than FP16" },
 	{ "compact", TQKV_KIND_TQ3, TQKV_KIND_TQ3, 0, 0, "K tq3, V tq3: PPL +0.75%, top-1 94.5%, 5.1x smaller than FP16" },
 };
