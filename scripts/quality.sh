@@ -9,6 +9,8 @@
 # environment: TOKENS (scored tokens of the hd128 model, default 16384),
 #              JOBS (runs at once, default: the number of CPUs),
 #              TQKV_MODELS (default ../shared/models)
+# Each run's JSON stays in BUILD_DIR/quality/ (a failed run is retried by
+# running the script again: finished runs are kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +21,8 @@ models=${TQKV_MODELS:-../shared/models}
 tokens=${TOKENS:-16384}
 jobs=${JOBS:-$(nproc)}
 out=docs/QUALITY.md
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+work=$build/quality/tokens-$tokens
+mkdir -p "$work"
 
 [ -x "$llama" ] || { echo "quality.sh: build first: $llama is missing" >&2; exit 2; }
 [ -d "$models" ] || { echo "quality.sh: no models at $models (set TQKV_MODELS)" >&2; exit 2; }
@@ -38,24 +40,30 @@ for model in hd128 stories; do
 done
 
 one() {
-	local model=$1 k=$2 v=$3 center=$4 boundary=$5 file text n
+	local model=$1 k=$2 v=$3 center=$4 boundary=$5 file text n json
+	json=$work/$model-$k-$v-$center-$boundary.json
+	[ -s "$json" ] && return 0
 	if [ "$model" = hd128 ]; then
 		file=$models/selftrained-llama-hd128-20M-f16.gguf text=$models/docs_val_200k.txt n=$tokens
 	else
 		file=$models/stories260K-f32.gguf text=$models/tinystories_valid_first32k.txt n=0
 	fi
 	"$llama" compare --model "$file" --text "$text" --tokens "$n" --k "$k" --v "$v" --boundary "$boundary" \
-		$([ "$center" = 1 ] && echo --center) --json >"$work/$model-$k-$v-$center-$boundary.json"
+		$([ "$center" = 1 ] && echo --center) --json >"$json.tmp" && mv "$json.tmp" "$json"
 }
 export -f one
 export llama models tokens work
 
-printf '%s\n' "${runs[@]}" | xargs -P "$jobs" -L 1 bash -c 'one $0 $1 $2 $3 $4'
+printf '%s\n' "${runs[@]}" | xargs -P "$jobs" -L 1 bash -c 'one $0 $1 $2 $3 $4' ||
+	echo "quality.sh: some runs failed; their rows say so (run again to retry them)" >&2
 
 row() {
 	local f=$1
 	python3 - "$f" <<'PY'
-import json, sys
+import json, os, sys
+if not os.path.exists(sys.argv[1]) or os.path.getsize(sys.argv[1]) == 0:
+    print("| %s | failed: run scripts/quality.sh again |" % os.path.basename(sys.argv[1]))
+    sys.exit(0)
 d = json.load(open(sys.argv[1]))
 print("| %s | %s | %s | %d | %+.2f%% | %.4f | %.1f%% | %.5f | %.2f | %.4f |" % (
     d["k"], d["v"], "yes" if d["center"] else "no", d["boundary"], d["ppl_delta_pct"], d["kld"],
@@ -94,6 +102,22 @@ PY
 				done
 			done
 		done
+	done
+	echo
+	echo "## Presets"
+	echo
+	echo "The names libtqkv (\`tqkv_preset_find()\`) and \`tqkv-llama --preset\` accept, from the table above"
+	echo "(head_dim-128 model, no centering, no boundary layers, every layer compressed):"
+	echo
+	echo "| preset | K | V | PPL delta | top-1 | compression |"
+	echo "|---|---|---|---|---|---|"
+	for p in quality:int8-tq4 balanced:tq4-tq4 compact:tq3-tq3; do
+		python3 - "${p%%:*}" "$work/hd128-${p#*:}-0-0.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[2]))
+print("| %s | %s | %s | %+.2f%% | %.1f%% | %.2f |" % (sys.argv[1], d["k"], d["v"], d["ppl_delta_pct"],
+      100 * d["top1"], d["compression"]))
+PY
 	done
 } >"$out"
 echo "wrote $out"
