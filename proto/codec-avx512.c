@@ -385,32 +385,29 @@ static void avx512_decode_token(const struct tqkv_codec *c, const uint8_t *bits,
 	}
 }
 
-void codec_rotate_avx512(const struct tqkv_codec *c, float *x)
+/* x <- D_second H D_first x * f, in registers: the rotation and its inverse
+ * differ only in the order of the sign flips. */
+static void rotate_scaled(float *x, unsigned nr, const uint32_t *first, const uint32_t *second, float f)
 {
 	__m512 v[MAX_REGS];
-	unsigned nr = c->d / 16;
 
 	for (unsigned r = 0; r < nr; r++)
 		v[r] = _mm512_loadu_ps(x + 16 * r);
-	xor_signs(v, c->sign1_mask, nr);
+	xor_signs(v, first, nr);
 	wht(v, nr);
-	xor_signs(v, c->sign2_mask, nr);
+	xor_signs(v, second, nr);
 	for (unsigned r = 0; r < nr; r++)
-		_mm512_storeu_ps(x + 16 * r, v[r]);
+		_mm512_storeu_ps(x + 16 * r, _mm512_mul_ps(v[r], _mm512_set1_ps(f)));
+}
+
+void codec_rotate_avx512(const struct tqkv_codec *c, float *x)
+{
+	rotate_scaled(x, c->d / 16, c->sign1_mask, c->sign2_mask, 1.0f);
 }
 
 void codec_unrotate_avx512(const struct tqkv_codec *c, float *y, float f)
 {
-	__m512 v[MAX_REGS];
-	unsigned nr = c->d / 16;
-
-	for (unsigned r = 0; r < nr; r++)
-		v[r] = _mm512_loadu_ps(y + 16 * r);
-	xor_signs(v, c->sign2_mask, nr);
-	wht(v, nr);
-	xor_signs(v, c->sign1_mask, nr);
-	for (unsigned r = 0; r < nr; r++)
-		_mm512_storeu_ps(y + 16 * r, _mm512_mul_ps(v[r], _mm512_set1_ps(f)));
+	rotate_scaled(y, c->d / 16, c->sign2_mask, c->sign1_mask, f);
 }
 
 const struct codec_kernels codec_kernels_avx512 = {
