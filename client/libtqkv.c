@@ -271,15 +271,18 @@ TQKV_EXPORT int tqkv_client_ping(struct tqkv_client *c)
 
 TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text)
 {
-	char buf[8192];
+	const size_t cap = 1u << 20;
+	char *buf = malloc(cap);
 	size_t len;
-	int r = call(c, TQKV_OP_STATS, NULL, 0, buf, sizeof(buf) - 1, &len, NULL, NULL);
+	int r = buf ? call(c, TQKV_OP_STATS, NULL, 0, buf, cap - 1, &len, NULL, NULL) : -ENOMEM;
 
-	if (r < 0)
+	if (r < 0) {
+		free(buf);
 		return r;
+	}
 	buf[len] = 0;
-	*ret_text = strdup(buf);
-	return *ret_text ? 0 : -ENOMEM;
+	*ret_text = buf;
+	return 0;
 }
 
 /* Maps a memfd after checking its seals and size. */
@@ -384,25 +387,18 @@ static bool in_arena(const struct tqkv_client *c, uint64_t offset, uint64_t size
 	return offset <= c->arena_bytes && size <= c->arena_bytes - offset;
 }
 
-TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret)
+/* The sequence a SEQ_OPEN or SEQ_FORK reply describes, checked. */
+static int seq_from_reply(struct tqkv_client *c, const struct tqkv_seq_open_reply *rep, struct tqkv_seq **ret)
 {
-	struct tqkv_seq_open_reply rep;
-	struct tqkv_seq *s;
 	const struct tqkv_seq_desc *d;
-	int r;
+	struct tqkv_seq *s;
 
-	if (!c || !ret)
-		return -EINVAL;
-	if (!c->model)
-		return set_error(c, -ENOENT, "register a model first");
-	r = call(c, TQKV_OP_SEQ_OPEN, NULL, 0, &rep, sizeof(rep), NULL, NULL, NULL);
-	if (r < 0)
-		return r;
-	if (!in_arena(c, rep.desc_offset, sizeof(*d)) || rep.slot >= c->model->reg.max_sequences)
+	if (!in_arena(c, rep->desc_offset, sizeof(*d)) || rep->slot >= c->model->reg.max_sequences)
 		return set_error(c, -EBADMSG, "tqkvd sent a sequence outside the shared memory");
-	d = (const void *)(c->arena + rep.desc_offset);
+	d = (const void *)(c->arena + rep->desc_offset);
 	if (!in_arena(c, d->block_table_offset, (uint64_t)d->max_blocks * 8) ||
 	    d->block_tokens != c->model->block_tokens ||
+	    rep->cached_tokens > (uint64_t)d->max_blocks * d->block_tokens || rep->cached_tokens % d->block_tokens ||
 	    (c->model->mean_floats && (!d->key_mean_offset || d->key_mean_offset % sizeof(float) ||
 				       !in_arena(c, d->key_mean_offset, (uint64_t)c->model->mean_floats * sizeof(float)))))
 		return set_error(c, -EBADMSG, "tqkvd sent a malformed sequence descriptor");
@@ -410,13 +406,179 @@ TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret)
 	if (!s)
 		return -ENOMEM;
 	s->client = c;
-	s->id = rep.seq_id;
-	s->slot = rep.slot;
+	s->id = rep->seq_id;
+	s->slot = rep->slot;
 	s->desc = d;
 	s->table = (const uint64_t *)(c->arena + d->block_table_offset);
 	s->key_means = c->model->mean_floats ? (const float *)(c->arena + d->key_mean_offset) : NULL;
-	s->ring = c->staging + (uint64_t)rep.slot * c->model->slot_bytes;
+	s->ring = c->staging + (uint64_t)rep->slot * c->model->slot_bytes;
+	s->committed = rep->cached_tokens;
+	s->written = rep->cached_tokens;
 	*ret = s;
+	return 0;
+}
+
+/* Token ids that fit in one request after a header of hdr bytes. */
+static size_t ids_per_message(const struct tqkv_client *c, size_t hdr)
+{
+	return (c->hello.max_message_bytes - sizeof(struct tqkv_msg_header) - hdr) / sizeof(uint32_t);
+}
+
+/* Sends token ids [first, first + n) of s in as many SEQ_TOKENS requests
+ * as they need; the daemon may attach more cached blocks meanwhile. */
+static int send_token_ids(struct tqkv_seq *s, uint64_t first, const uint32_t *tokens, size_t n)
+{
+	struct tqkv_client *c = s->client;
+	size_t chunk = ids_per_message(c, sizeof(struct tqkv_seq_token_ids));
+	struct tqkv_seq_token_ids *req = malloc(sizeof(*req) + (n < chunk ? n : chunk) * sizeof(*tokens));
+	int r = req ? 0 : -ENOMEM;
+
+	for (size_t done = 0; r >= 0 && done < n; done += chunk) {
+		size_t k = n - done < chunk ? n - done : chunk;
+		struct tqkv_seq_tokens_reply rep;
+
+		*req = (struct tqkv_seq_token_ids){ .seq_id = s->id, .first = (uint32_t)(first + done), .n = (uint32_t)k };
+		memcpy(req + 1, tokens + done, k * sizeof(*tokens));
+		r = call(c, TQKV_OP_SEQ_TOKENS, req, sizeof(*req) + k * sizeof(*tokens), &rep, sizeof(rep), NULL, NULL,
+			 NULL);
+		if (r >= 0 && rep.committed_tokens > s->committed) {
+			if (rep.committed_tokens > (uint64_t)s->desc->max_blocks * s->desc->block_tokens)
+				r = set_error(c, -EBADMSG, "tqkvd attached more than the sequence holds");
+			else
+				s->committed = s->written = rep.committed_tokens;
+		}
+	}
+	free(req);
+	return r;
+}
+
+TQKV_EXPORT int tqkv_seq_open_prompt(struct tqkv_client *c, const uint32_t *tokens, size_t n_tokens, uint32_t flags,
+				     struct tqkv_seq **ret, uint64_t *ret_cached)
+{
+	struct tqkv_seq_open_reply rep;
+	struct tqkv_seq_open *req;
+	size_t first;
+	int r;
+
+	if (!c || !ret || (n_tokens && !tokens) || n_tokens > UINT32_MAX || flags & ~(uint32_t)TQKV_SEQ_PRIVATE)
+		return -EINVAL;
+	if (!c->model)
+		return set_error(c, -ENOENT, "register a model first");
+	first = ids_per_message(c, sizeof(*req));
+	if (first > n_tokens)
+		first = n_tokens;
+	req = malloc(sizeof(*req) + first * sizeof(*tokens));
+	if (!req)
+		return -ENOMEM;
+	*req = (struct tqkv_seq_open){ .n_tokens = (uint32_t)first, .flags = flags };
+	if (first)
+		memcpy(req + 1, tokens, first * sizeof(*tokens));
+	r = call(c, TQKV_OP_SEQ_OPEN, req, n_tokens || flags ? sizeof(*req) + first * sizeof(*tokens) : 0, &rep,
+		 sizeof(rep), NULL, NULL, NULL);
+	free(req);
+	if (r >= 0)
+		r = seq_from_reply(c, &rep, ret);
+	if (r >= 0 && first < n_tokens) {
+		r = send_token_ids(*ret, first, tokens + first, n_tokens - first);
+		if (r < 0) {
+			tqkv_seq_close(*ret);
+			*ret = NULL;
+		}
+	}
+	if (r >= 0 && ret_cached)
+		*ret_cached = (*ret)->committed;
+	return r;
+}
+
+TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret)
+{
+	return tqkv_seq_open_prompt(c, NULL, 0, 0, ret, NULL);
+}
+
+TQKV_EXPORT int tqkv_seq_set_tokens(struct tqkv_seq *s, uint64_t first, const uint32_t *tokens, size_t n)
+{
+	if (!s || (n && !tokens) || first > UINT32_MAX || n > UINT32_MAX - first)
+		return -EINVAL;
+	return send_token_ids(s, first, tokens, n);
+}
+
+TQKV_EXPORT int tqkv_seq_fork(struct tqkv_seq *s, struct tqkv_seq **ret)
+{
+	struct tqkv_client *c;
+	struct tqkv_seq_close req;
+	struct tqkv_seq_open_reply rep;
+	struct tqkv_seq *f;
+	const struct model *m;
+	int r;
+
+	if (!s || !ret)
+		return -EINVAL;
+	c = s->client;
+	m = c->model;
+	req = (struct tqkv_seq_close){ .seq_id = s->id };
+	r = call(c, TQKV_OP_SEQ_FORK, &req, sizeof(req), &rep, sizeof(rep), NULL, NULL, NULL);
+	if (r < 0)
+		return r;
+	r = seq_from_reply(c, &rep, &f);
+	if (r < 0)
+		return r;
+	/* The fork holds the published blocks; the FP16 tail is ours to copy
+	 * (same ring positions in the other slot). */
+	for (uint64_t t = f->committed; t < s->committed; t++) {
+		uint64_t at = (t % m->reg.staging_tokens) * m->token_bytes;
+
+		memcpy(f->ring + at, s->ring + at, m->token_bytes);
+	}
+	f->written = s->committed > f->committed ? s->committed : f->committed;
+	if (s->committed > f->committed)
+		r = tqkv_seq_commit(f, s->committed);
+	if (r < 0) {
+		tqkv_seq_close(f);
+		return r;
+	}
+	*ret = f;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_seq_trim(struct tqkv_seq *s, uint64_t n_tokens, uint64_t *ret_kept)
+{
+	struct tqkv_seq_tokens req;
+	struct tqkv_seq_tokens_reply rep;
+	uint32_t B;
+	int r;
+
+	if (!s || n_tokens > UINT32_MAX)
+		return -EINVAL;
+	B = s->client->model->block_tokens;
+	/* No block may be in compression while the daemon drops blocks. */
+	r = tqkv_seq_wait(s, s->committed / B * B);
+	if (r < 0)
+		return r;
+	req = (struct tqkv_seq_tokens){ .seq_id = s->id, .n_tokens = (uint32_t)n_tokens };
+	r = call(s->client, TQKV_OP_SEQ_TRIM, &req, sizeof(req), &rep, sizeof(rep), NULL, NULL, NULL);
+	if (r < 0)
+		return r;
+	s->committed = rep.committed_tokens;
+	s->written = rep.committed_tokens;
+	if (ret_kept)
+		*ret_kept = rep.committed_tokens;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_client_flush(struct tqkv_client *c, uint64_t *ret_blocks, uint64_t *ret_bytes)
+{
+	struct tqkv_flush_reply rep;
+	int r;
+
+	if (!c)
+		return -EINVAL;
+	r = call(c, TQKV_OP_FLUSH, NULL, 0, &rep, sizeof(rep), NULL, NULL, NULL);
+	if (r < 0)
+		return r;
+	if (ret_blocks)
+		*ret_blocks = rep.blocks;
+	if (ret_bytes)
+		*ret_bytes = rep.bytes;
 	return 0;
 }
 
@@ -557,6 +719,26 @@ TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_la
 		.key_mean = model_key_mean(m, s->key_means, layer, 0),
 	};
 	ret->n_tokens = s->committed > ret->n_blocks * m->block_tokens ? s->committed : ret->n_blocks * m->block_tokens;
+	return 0;
+}
+
+TQKV_EXPORT int tqkv_seq_view_blocks(struct tqkv_seq *s, uint32_t layer, uint64_t n_tokens, uint64_t n_blocks,
+				     struct tqkv_layer_view *ret)
+{
+	int r = tqkv_seq_view(s, layer, ret);
+	uint64_t high;
+
+	if (r < 0)
+		return r;
+	if (n_blocks > ret->n_blocks)
+		return -EAGAIN;
+	/* Past what is written, or tail rows the ring no longer holds. */
+	high = s->written > s->committed ? s->written : s->committed;
+	if (n_tokens < n_blocks * ret->block_tokens || n_tokens > high ||
+	    high - n_blocks * ret->block_tokens > ret->staging_tokens)
+		return -EINVAL;
+	ret->n_blocks = n_blocks;
+	ret->n_tokens = n_tokens;
 	return 0;
 }
 

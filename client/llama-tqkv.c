@@ -118,6 +118,26 @@ int llama_kv_tqkv_reset(struct llama_kv_tqkv *kv)
 	return r;
 }
 
+int llama_kv_tqkv_open_prompt(struct llama_kv_tqkv *kv, const uint32_t *ids, size_t n, uint64_t *ret_cached)
+{
+	int r = tqkv_seq_close(kv->seq);
+
+	kv->seq = NULL;
+	if (r >= 0)
+		r = tqkv_seq_open_prompt(kv->client, ids, n, 0, &kv->seq, ret_cached);
+	return r;
+}
+
+int llama_kv_tqkv_add_tokens(struct llama_kv_tqkv *kv, uint64_t first, const uint32_t *ids, size_t n)
+{
+	return tqkv_seq_set_tokens(kv->seq, first, ids, n);
+}
+
+const char *llama_kv_tqkv_error(const struct llama_kv_tqkv *kv)
+{
+	return tqkv_client_error(kv->client);
+}
+
 double llama_kv_tqkv_compression(const struct llama_kv_tqkv *kv)
 {
 	const uint32_t block = 1024;
@@ -160,14 +180,22 @@ static int tqkv_store(void *p, uint32_t layer, uint32_t pos, const float *k, con
 	return tqkv_seq_commit(kv->seq, (uint64_t)pos + 1);
 }
 
+/* The current block is read exactly from the FP16 tail and every block
+ * before it from its pages, whatever the worker's progress: results do
+ * not depend on timing, and a sequence that attached cached blocks sees
+ * exactly what the one that published them saw. */
 static int tqkv_attend_layer(void *p, uint32_t layer, uint32_t pos, const float *q, float *out)
 {
 	struct llama_kv_tqkv *kv = p;
 	struct tqkv_layer_view view;
 	struct tqkv_attn a = { .n_q_heads = kv->hp.n_heads, .scale = 1.0f / sqrtf((float)kv->hp.head_dim),
 			       .position = pos, .threads = kv->threads };
-	int r = tqkv_seq_view_written(kv->seq, layer, (uint64_t)pos + 1, &view);
+	uint64_t blocks = pos / tqkv_client_block_tokens(kv->client);
+	int r;
 
+	while ((r = tqkv_seq_view_blocks(kv->seq, layer, (uint64_t)pos + 1, blocks, &view)) == -EAGAIN)
+		if ((r = tqkv_seq_wait(kv->seq, blocks * tqkv_client_block_tokens(kv->client))) < 0)
+			return r;
 	return r < 0 ? r : tqkv_attend(&view, q, &a, out);
 }
 

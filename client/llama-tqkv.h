@@ -32,6 +32,15 @@ int llama_kv_tqkv_new(const struct llama_hparams *hp, uint64_t fingerprint, cons
 void llama_kv_tqkv_free(struct llama_kv_tqkv *kv);
 /* Closes the sequence and opens an empty one (a new context window). */
 int llama_kv_tqkv_reset(struct llama_kv_tqkv *kv);
+/* Closes the sequence and opens one for the prompt ids: the daemon
+ * attaches the cached blocks that start it, *ret_cached tokens (a whole
+ * number of blocks; forward from there). */
+int llama_kv_tqkv_open_prompt(struct llama_kv_tqkv *kv, const uint32_t *ids, size_t n, uint64_t *ret_cached);
+/* Token ids of generated tokens [first, first + n), so their blocks can
+ * be shared too. */
+int llama_kv_tqkv_add_tokens(struct llama_kv_tqkv *kv, uint64_t first, const uint32_t *ids, size_t n);
+/* The daemon's message for the last failed request. */
+const char *llama_kv_tqkv_error(const struct llama_kv_tqkv *kv);
 /* FP16 K/V bytes per token over the bytes the pages take (norms and
  * headers included), over all layers. */
 double llama_kv_tqkv_compression(const struct llama_kv_tqkv *kv);

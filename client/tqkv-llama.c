@@ -356,6 +356,14 @@ static void engine_close(struct engine *e)
 	gguf_close(e->file);
 }
 
+static uint64_t now_nsec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static uint32_t argmax(const float *x, uint32_t n)
 {
 	uint32_t best = 0;
@@ -392,6 +400,8 @@ static int run_generate(const struct options *o)
 	float *logits = NULL;
 	struct llama_ctx *c = NULL;
 	unsigned long state = o->seed;
+	uint64_t cached = 0, t0, t1;
+	unsigned made = 0;
 	int n, r;
 
 	if ((r = engine_open(&e, o, !o->f32)) < 0)
@@ -405,7 +415,7 @@ static int run_generate(const struct options *o)
 	}
 	if (o->f32 && (r = llama_kv_f32_new(&e.model->hp, (uint32_t)n + o->n_predict, &e.f32)) < 0)
 		goto out;
-	ids = malloc(sizeof(uint32_t) * (size_t)n);
+	ids = malloc(sizeof(uint32_t) * ((size_t)n + o->n_predict));
 	logits = malloc(sizeof(float) * e.model->hp.vocab);
 	if (!ids || !logits) {
 		r = -ENOMEM;
@@ -413,8 +423,14 @@ static int run_generate(const struct options *o)
 	}
 	llama_tokenize(e.tok, o->prompt, strlen(o->prompt), true, ids, (size_t)n);
 	r = o->f32 ? llama_ctx_new(e.model, &llama_kv_f32_ops, e.f32, &c) : llama_ctx_new(e.model, &llama_kv_tqkv_ops, e.tqkv, &c);
-	for (int i = 0; r >= 0 && i < n; i++)
+	/* The daemon attaches what another run of this prompt published:
+	 * those tokens are not computed again. */
+	if (r >= 0 && !o->f32 && (r = llama_kv_tqkv_open_prompt(e.tqkv, ids, (size_t)n, &cached)) < 0)
+		fprintf(stderr, "tqkv-llama: tqkvd: %s\n", llama_kv_tqkv_error(e.tqkv));
+	t0 = now_nsec();
+	for (int i = (int)cached; r >= 0 && i < n; i++)
 		r = llama_forward(c, ids[i], (uint32_t)i, i + 1 == n ? logits : NULL);
+	t1 = now_nsec();
 	for (unsigned i = 0; r >= 0 && i < o->n_predict; i++) {
 		uint32_t next = o->greedy ? argmax(logits, e.model->hp.vocab) : sample(logits, e.model->hp.vocab, o->temperature, &state);
 		char piece[256];
@@ -425,9 +441,17 @@ static int run_generate(const struct options *o)
 		len = llama_token_text(e.tok, next, piece, sizeof(piece));
 		fwrite(piece, 1, len > 0 ? (size_t)len : 0, stdout);
 		fflush(stdout);
+		ids[n + made++] = next;
 		r = llama_forward(c, next, (uint32_t)n + i, logits);
 	}
 	putchar('\n');
+	/* The continuation's ids: its blocks become shareable too. */
+	if (r >= 0 && !o->f32 && made && (r = llama_kv_tqkv_add_tokens(e.tqkv, (uint64_t)n, ids + n, made)) < 0)
+		fprintf(stderr, "tqkv-llama: tqkvd: %s\n", llama_kv_tqkv_error(e.tqkv));
+	if (r >= 0)
+		fprintf(stderr, "tqkv-llama: prompt %d tokens, %llu from the cache, %d computed in %.1f ms; %u generated in %.1f ms\n",
+			n, (unsigned long long)cached, n - (int)cached, (double)(t1 - t0) / 1e6, made,
+			(double)(now_nsec() - t1) / 1e6);
 	if (r < 0)
 		fprintf(stderr, "tqkv-llama: %s\n", strerror(-r));
 out:

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "arena.h"
+#include "cache.h"
 #include "log.h"
 #include "message.h"
 #include "model.h"
@@ -44,11 +45,30 @@ struct sequence {
 	uint64_t *table;
 	uint64_t committed;   /* tokens in staging, from COMMIT */
 	uint64_t n_blocks;    /* published, as the loop knows it */
+	struct cblock **blocks;  /* [n_blocks]: what table[] points at */
+	uint64_t blocks_cap;
+	uint32_t *ids;        /* token ids, from SEQ_OPEN and SEQ_TOKENS */
+	uint64_t n_ids, ids_cap;
+	uint64_t n_hashed;    /* leading blocks whose hash is known */
+	bool private;         /* TQKV_SEQ_PRIVATE */
+	bool attaching;       /* opened with a prompt, nothing committed since */
 	bool job_in_flight, closed;
 	bool broken;          /* a block failed to compress: no more jobs */
 	struct job job;
+	struct cblock *job_block;
 	struct waiter *waiters;
 	unsigned n_waiters;
+};
+
+/* Who shares: by default every uid is its own tenant. */
+struct tenant {
+	struct tenant *next;
+	uint32_t uid;
+	char name[24];
+	struct cache_usage usage;
+	uint64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
+	uint64_t sequences;
+	unsigned clients;
 };
 
 #define WAITERS_MAX 64  /* deferred SEQ_WAIT replies per sequence */
@@ -68,6 +88,8 @@ struct client {
 	uint8_t *out;
 	size_t out_len, out_cap;
 	struct model *model;
+	struct tenant *tenant;
+	XXH128_hash_t prefix_root;  /* tenant, model and codec policy */
 	int staging_fd;
 	uint8_t *staging;
 	uint64_t staging_bytes;
@@ -81,6 +103,8 @@ struct server_stats {
 	uint64_t clients_total, requests, errors, violations;
 	uint64_t blocks_compressed, blocks_freed, encode_nsec, compress_failures;
 	uint64_t sequences_total;
+	uint64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
+	uint64_t evicted_blocks, evicted_bytes;
 };
 
 struct server {
@@ -90,10 +114,12 @@ struct server {
 	uv_poll_t listen_poll;
 	struct arena *arena;
 	struct worker_pool *pool;
+	struct cache *cache;
+	struct tenant *tenants;
 	struct client *clients;
 	uint32_t n_clients, next_client_id, next_seq_id;
 	uint64_t start_usec;
-	uint64_t blocks_live, bytes_blocks, staging_bytes;
+	uint64_t staging_bytes;
 	struct server_stats stats;
 	struct ratelimit rl;
 };
@@ -255,15 +281,109 @@ static struct sequence *find_seq(struct client *c, uint32_t id)
 	return NULL;
 }
 
-static void release_blocks(struct server *s, struct sequence *q)
+static void free_block(struct server *s, struct cblock *b)
 {
-	uint64_t bytes = q->client->model->block_bytes;
+	arena_release(s->arena, b->offset, b->bytes);
+	cache_block_free(s->cache, b);
+	s->stats.blocks_freed++;
+}
 
-	for (uint64_t b = 0; b < q->n_blocks; b++)
-		arena_release(s->arena, q->table[b], bytes);
-	s->blocks_live -= q->n_blocks;
-	s->bytes_blocks -= q->n_blocks * bytes;
-	s->stats.blocks_freed += q->n_blocks;
+static void evicted(struct server *s, struct cblock *b)
+{
+	s->stats.evicted_blocks++;
+	s->stats.evicted_bytes += b->bytes;
+	free_block(s, b);
+}
+
+/* Allocates arena bytes, evicting unheld cached blocks (least recently
+ * used first) while the budget is exhausted. */
+static int alloc_evicting(struct server *s, uint64_t size, uint64_t *ret)
+{
+	struct cblock *b;
+
+	while (arena_alloc(s->arena, size, ret) < 0) {
+		b = cache_evict(s->cache, NULL);
+		if (!b)
+			return -ENOMEM;
+		evicted(s, b);
+	}
+	return 0;
+}
+
+/* Drops the sequence's blocks from the last down to block from: the
+ * deepest blocks of a chain become the least recently used, so eviction
+ * shortens chains from their end. */
+static void drop_blocks(struct server *s, struct sequence *q, uint64_t from)
+{
+	while (q->n_blocks > from) {
+		struct cblock *b = q->blocks[--q->n_blocks];
+
+		if (cache_unref(s->cache, b))
+			free_block(s, b);
+	}
+	if (q->n_hashed > q->n_blocks)
+		q->n_hashed = q->n_blocks;
+}
+
+/* Room for one more block in q->blocks. */
+static int reserve_block(struct sequence *q)
+{
+	uint64_t cap = q->blocks_cap ? q->blocks_cap * 2 : 16;
+	struct cblock **p;
+
+	if (q->n_blocks < q->blocks_cap)
+		return 0;
+	p = realloc(q->blocks, cap * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	q->blocks = p;
+	q->blocks_cap = cap;
+	return 0;
+}
+
+/* Indexes the published blocks whose token ids are known, in order: a
+ * block's hash chains from its parent's. */
+static void hash_blocks(struct server *s, struct sequence *q)
+{
+	uint32_t B = q->client->model->block_tokens;
+
+	while (!q->private && q->n_hashed < q->n_blocks && (q->n_hashed + 1) * B <= q->n_ids) {
+		struct cblock *b = q->blocks[q->n_hashed];
+		XXH128_hash_t parent = q->n_hashed ? q->blocks[q->n_hashed - 1]->hash : q->client->prefix_root;
+
+		if (!b->hashed)
+			cache_index(s->cache, b, prefix_next(parent, q->ids + q->n_hashed * B, B));
+		q->n_hashed++;
+	}
+}
+
+/* Appends token ids; ones already known must match. */
+static int add_ids(struct sequence *q, uint64_t first, const uint32_t *ids, uint64_t n)
+{
+	uint64_t end = first + n;
+
+	if (first > q->n_ids)
+		return -EINVAL;
+	for (uint64_t i = first; i < q->n_ids && i < end; i++)
+		if (q->ids[i] != ids[i - first])
+			return -EINVAL;
+	if (end <= q->n_ids)
+		return 0;
+	if (end > q->ids_cap) {
+		uint64_t cap = q->ids_cap ? q->ids_cap : 1024;
+		uint32_t *p;
+
+		while (cap < end)
+			cap *= 2;
+		p = realloc(q->ids, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		q->ids = p;
+		q->ids_cap = cap;
+	}
+	memcpy(q->ids + q->n_ids, ids + (q->n_ids - first), (end - q->n_ids) * sizeof(*ids));
+	q->n_ids = end;
+	return 0;
 }
 
 static void client_unref(struct client *c);
@@ -286,7 +406,7 @@ static void seq_finalize(struct sequence *q)
 
 	if (q->job_in_flight)
 		return;
-	release_blocks(s, q);
+	drop_blocks(s, q, 0);
 	arena_release(s->arena, q->table_offset, q->table_bytes);
 	arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
 	if (q->means_bytes)
@@ -301,6 +421,8 @@ static void seq_finalize(struct sequence *q)
 		reply_error(c, TQKV_OP_SEQ_WAIT, w->serial, ECANCELED, "sequence %u closed", q->id);
 		free(w);
 	}
+	free(q->blocks);
+	free(q->ids);
 	free(q);
 	retry_stalled(s);
 }
@@ -353,13 +475,23 @@ static void on_job_done(struct job *j, void *userdata)
 
 	q->job_in_flight = false;
 	if (j->result == 0) {
-		q->n_blocks = j->block + 1;
-		s->blocks_live++;
-		s->bytes_blocks += c->model->block_bytes;
+		struct cblock *b = q->job_block;
+
+		if (j->block == 0 && q->means_bytes) {
+			/* Sequences that attach this block need its means. */
+			b->means = malloc(q->means_bytes);
+			if (b->means)
+				memcpy(b->means, arena_ptr(s->arena, q->means_offset), q->means_bytes);
+			else
+				q->private = true;  /* cannot be shared without them */
+		}
+		q->blocks[q->n_blocks++] = b;
 		s->stats.blocks_compressed++;
 		s->stats.encode_nsec += j->encode_nsec;
+		hash_blocks(s, q);
 	} else {
-		arena_release(s->arena, j->record_offset, c->model->block_bytes);
+		arena_release(s->arena, q->job_block->offset, q->job_block->bytes);
+		cache_block_free(s->cache, q->job_block);
 		q->broken = true;  /* retrying would fail the same way, forever */
 		s->stats.compress_failures++;
 		if (ratelimit_below(&s->rl))
@@ -388,10 +520,16 @@ static void schedule(struct sequence *q)
 
 	if (q->job_in_flight || q->closed || q->broken || c->dead || (q->n_blocks + 1) * m->block_tokens > q->committed)
 		return;
-	if (arena_alloc(s->arena, m->block_bytes, &off) < 0) {
+	if (reserve_block(q) < 0 || alloc_evicting(s, m->block_bytes, &off) < 0) {
 		if (ratelimit_below(&s->rl))
 			log_warning("client %u: memory budget exhausted, block %llu of sequence %u waits", c->id,
 				    (unsigned long long)q->n_blocks, q->id);
+		return;
+	}
+	q->job_block = cache_block_new(s->cache, &c->tenant->usage, off, m->block_bytes,
+				       (uint64_t)m->block_tokens * m->token_bytes);
+	if (!q->job_block) {
+		arena_release(s->arena, off, m->block_bytes);
 		return;
 	}
 	*j = (struct job){
@@ -477,6 +615,26 @@ static int create_staging(struct client *c)
 	return 0;
 }
 
+/* What makes blocks of two clients interchangeable: the tenant, the model
+ * and every layer's codec policy, and the block size. */
+static XXH128_hash_t model_prefix_root(const struct client *c)
+{
+	const struct model *m = c->model;
+	struct tqkv_layer_desc *key = calloc(m->reg.n_layers + 1, sizeof(*key));
+	XXH128_hash_t h;
+
+	if (!key)
+		return (XXH128_hash_t){ 0, 0 };
+	memcpy(key, &m->reg.fingerprint, sizeof(m->reg.fingerprint));
+	memcpy((uint8_t *)key + 8, &m->block_tokens, sizeof(m->block_tokens));
+	memcpy((uint8_t *)key + 12, &m->reg.n_layers, sizeof(m->reg.n_layers));
+	for (uint32_t l = 0; l < m->reg.n_layers; l++)
+		key[l + 1] = m->layers[l].desc;
+	h = prefix_root(c->tenant->uid, key, (m->reg.n_layers + 1) * sizeof(*key));
+	free(key);
+	return h;
+}
+
 static int do_register(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
 {
 	struct tqkv_hello_reply announced;
@@ -506,6 +664,7 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 		return reply_error(c, h->opcode, h->serial, EINVAL, "invalid model: %s", err);
 	if (r < 0)
 		return reply_error(c, h->opcode, h->serial, -r, "cannot register model: %s", strerror(-r));
+	c->prefix_root = model_prefix_root(c);
 	c->slots = calloc(reg.max_sequences, sizeof(*c->slots));
 	r = c->slots ? create_staging(c) : -ENOMEM;
 	if (r < 0) {
@@ -534,36 +693,36 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 	}
 }
 
-static int do_seq_open(struct client *c, const struct tqkv_msg_header *h)
+/* A new empty sequence in a free slot: its descriptor, block table and
+ * key means in the arena. */
+static int seq_create(struct client *c, struct sequence **ret)
 {
 	struct server *s = c->server;
 	const struct model *m = c->model;
 	uint32_t max_blocks = s->cfg->limits.max_tokens_per_sequence / m->block_tokens;
-	struct tqkv_seq_open_reply rep;
 	struct sequence *q;
 	uint32_t slot;
 
 	for (slot = 0; slot < m->reg.max_sequences && c->slots[slot]; slot++)
 		;
 	if (slot == m->reg.max_sequences)
-		return reply_error(c, h->opcode, h->serial, EMFILE, "all %u sequence slots are open",
-				   m->reg.max_sequences);
+		return -EMFILE;
 	q = calloc(1, sizeof(*q));
 	if (!q)
-		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+		return -ENOMEM;
 	q->table_bytes = (uint64_t)max_blocks * sizeof(uint64_t);
-	if (arena_alloc(s->arena, sizeof(struct tqkv_seq_desc), &q->desc_offset) < 0) {
-		free(q);
-		return reply_error(c, h->opcode, h->serial, ENOMEM, "memory budget exhausted");
-	}
 	q->means_bytes = (uint64_t)m->mean_floats * sizeof(float);
-	if (arena_alloc(s->arena, q->table_bytes, &q->table_offset) < 0 ||
-	    (q->means_bytes && arena_alloc(s->arena, q->means_bytes, &q->means_offset) < 0)) {
+	if (alloc_evicting(s, sizeof(struct tqkv_seq_desc), &q->desc_offset) < 0) {
+		free(q);
+		return -ENOSPC;
+	}
+	if (alloc_evicting(s, q->table_bytes, &q->table_offset) < 0 ||
+	    (q->means_bytes && alloc_evicting(s, q->means_bytes, &q->means_offset) < 0)) {
 		if (q->table_offset)
 			arena_release(s->arena, q->table_offset, q->table_bytes);
 		arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
 		free(q);
-		return reply_error(c, h->opcode, h->serial, ENOMEM, "memory budget exhausted");
+		return -ENOSPC;
 	}
 	q->client = c;
 	q->id = ++s->next_seq_id;
@@ -581,9 +740,136 @@ static int do_seq_open(struct client *c, const struct tqkv_msg_header *h)
 	c->seqs = q;
 	c->slots[slot] = q;
 	c->n_seqs++;
+	c->tenant->sequences++;
 	s->stats.sequences_total++;
-	rep = (struct tqkv_seq_open_reply){ .seq_id = q->id, .slot = slot, .desc_offset = q->desc_offset };
+	*ret = q;
+	return 0;
+}
+
+static const char *seq_create_error(int r)
+{
+	return r == -EMFILE ? "all sequence slots are open" : r == -ENOSPC ? "memory budget exhausted" : strerror(-r);
+}
+
+/* Appends blocks (published: attached or shared) to q, which has nothing
+ * of its own yet, and publishes them to the client.  means: the key means
+ * of the chain, needed when it starts at block 0. */
+static void seq_adopt(struct sequence *q, struct cblock *const *blocks, uint64_t n, const float *means)
+{
+	struct server *s = q->client->server;
+
+	for (uint64_t i = 0; i < n; i++) {
+		cache_ref(s->cache, blocks[i]);
+		q->blocks[q->n_blocks] = blocks[i];
+		q->table[q->n_blocks++] = blocks[i]->offset;
+	}
+	if (n && q->n_blocks == n && q->means_bytes)
+		memcpy(arena_ptr(s->arena, q->means_offset), means, q->means_bytes);
+	q->n_hashed = q->n_blocks;
+	q->committed = q->n_blocks * q->client->model->block_tokens;
+	atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, q->n_blocks, memory_order_release);
+}
+
+/* Extends q with the longest chain of indexed blocks that continues its
+ * blocks along its token ids, up to the block before the one holding the
+ * last id.  Only while everything q has is attached: a prompt too long for
+ * one message arrives in SEQ_TOKENS after SEQ_OPEN. */
+static void attach_prefix(struct sequence *q)
+{
+	struct client *c = q->client;
+	struct server *s = c->server;
+	uint32_t B = c->model->block_tokens;
+	uint64_t first = q->n_blocks, max = q->n_ids ? (q->n_ids - 1) / B : 0, n;
+	XXH128_hash_t h;
+
+	if (!q->attaching || q->committed != first * B || q->n_hashed != first)
+		return;
+	if (max > q->desc->max_blocks)
+		max = q->desc->max_blocks;
+	h = first ? q->blocks[first - 1]->hash : c->prefix_root;
+	for (n = first; n < max; n++) {
+		struct cblock *b;
+
+		h = prefix_next(h, q->ids + n * B, B);
+		b = cache_lookup(s->cache, h);
+		if (!b || b->bytes != c->model->block_bytes || (q->means_bytes && n == 0 && !b->means))
+			break;
+		if (reserve_block(q) < 0)
+			break;
+		seq_adopt(q, &b, 1, b->means);
+	}
+	c->tenant->prefix_hit_tokens += (n - first) * B;
+	s->stats.prefix_hit_tokens += (n - first) * B;
+}
+
+/* Prompt ids arrived (n_new of them): count them and attach what they
+ * find, while the sequence has not committed anything of its own. */
+static void lookup_prefix(struct sequence *q, uint64_t n_new)
+{
+	struct client *c = q->client;
+
+	if (!q->attaching)
+		return;
+	c->tenant->prefix_query_tokens += n_new;
+	c->server->stats.prefix_query_tokens += n_new;
+	attach_prefix(q);
+}
+
+static int reply_opened(struct client *c, const struct tqkv_msg_header *h, const struct sequence *q)
+{
+	struct tqkv_seq_open_reply rep = {
+		.seq_id = q->id,
+		.slot = q->slot,
+		.desc_offset = q->desc_offset,
+		.cached_tokens = q->committed,
+	};
+
 	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
+}
+
+static int do_seq_open(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	struct server *s;
+	struct tqkv_seq_open req = { 0 };
+	struct sequence *q;
+	uint32_t *ids = NULL;
+	int r;
+
+	if (msg_remaining(rd)) {
+		msg_read(rd, &req, sizeof(req));
+		if (req.flags & ~(uint32_t)TQKV_SEQ_PRIVATE || msg_remaining(rd) != (size_t)req.n_tokens * sizeof(*ids)) {
+			violation(c, h->opcode, h->serial, EBADMSG, "SEQ_OPEN size does not match n_tokens");
+			return -EBADMSG;
+		}
+		if (req.n_tokens > c->server->cfg->limits.max_tokens_per_sequence)
+			return reply_error(c, h->opcode, h->serial, EFBIG, "sequence limit is %u tokens",
+					   c->server->cfg->limits.max_tokens_per_sequence);
+	}
+	r = seq_create(c, &q);
+	if (r < 0)
+		return reply_error(c, h->opcode, h->serial, -r, "cannot open a sequence: %s", seq_create_error(r));
+	s = c->server;
+	q->private = req.flags & TQKV_SEQ_PRIVATE;
+	if (req.n_tokens) {
+		ids = malloc((size_t)req.n_tokens * sizeof(*ids));
+		r = ids ? 0 : -ENOMEM;
+		if (r == 0) {
+			msg_read(rd, ids, (size_t)req.n_tokens * sizeof(*ids));
+			r = add_ids(q, 0, ids, req.n_tokens);
+		}
+		free(ids);
+		if (r < 0) {
+			seq_close(q);
+			return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+		}
+		q->attaching = !q->private;
+		if (q->attaching) {
+			c->tenant->prefix_lookups++;
+			s->stats.prefix_lookups++;
+		}
+		lookup_prefix(q, q->n_ids);
+	}
+	return reply_opened(c, h, q);
 }
 
 /* Reads a request that starts with a sequence id (the size was checked
@@ -624,6 +910,7 @@ static int do_seq_tokens(struct client *c, const struct tqkv_msg_header *h, stru
 					   "staging holds %u tokens; %llu are published, wait before committing %u",
 					   m->reg.staging_tokens, (unsigned long long)published_tokens(q), req.n_tokens);
 		q->committed = req.n_tokens;
+		q->attaching = false;
 		schedule(q);
 	} else {
 		struct waiter *w;
@@ -658,53 +945,214 @@ static int do_seq_close(struct client *c, const struct tqkv_msg_header *h, struc
 	return reply(c, h->opcode, h->serial, NULL, 0);
 }
 
-/* INFO-style text: "# Section" headers and key:value lines. */
+static int do_seq_token_ids(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	struct tqkv_seq_token_ids req;
+	struct sequence *q;
+	struct tqkv_seq_tokens_reply rep;
+	uint32_t *ids;
+	uint64_t before;
+	int r = read_seq_request(c, h, rd, &req, sizeof(req), &q);
+
+	if (r <= 0 || !q)
+		return r;
+	before = q->n_ids;
+	if (req.reserved || msg_remaining(rd) != (size_t)req.n * sizeof(*ids)) {
+		violation(c, h->opcode, h->serial, EBADMSG, "SEQ_TOKENS size does not match n");
+		return -EBADMSG;
+	}
+	if ((uint64_t)req.first + req.n > c->server->cfg->limits.max_tokens_per_sequence)
+		return reply_error(c, h->opcode, h->serial, EFBIG, "sequence limit is %u tokens",
+				   c->server->cfg->limits.max_tokens_per_sequence);
+	ids = malloc((size_t)req.n * sizeof(*ids) + 1);
+	if (!ids)
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	msg_read(rd, ids, (size_t)req.n * sizeof(*ids));
+	r = add_ids(q, req.first, ids, req.n);
+	free(ids);
+	if (r == 0)
+		lookup_prefix(q, q->n_ids - before);
+	if (r == -EINVAL)
+		return reply_error(c, h->opcode, h->serial, EINVAL,
+				   "token ids from %u do not follow the %llu known ones, or differ from them", req.first,
+				   (unsigned long long)q->n_ids);
+	if (r < 0)
+		return reply_error(c, h->opcode, h->serial, -r, "out of memory");
+	hash_blocks(c->server, q);
+	rep = (struct tqkv_seq_tokens_reply){ q->committed, published_tokens(q) };
+	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
+}
+
+static int do_seq_fork(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	struct tqkv_seq_close req;
+	struct sequence *src, *q;
+	int r = read_seq_request(c, h, rd, &req, sizeof(req), &src);
+
+	if (r <= 0 || !src)
+		return r;
+	r = seq_create(c, &q);
+	if (r < 0)
+		return reply_error(c, h->opcode, h->serial, -r, "cannot fork sequence %u: %s", src->id,
+				   seq_create_error(r));
+	q->private = src->private;
+	q->blocks = malloc((src->n_blocks ? src->n_blocks : 1) * sizeof(*q->blocks));
+	r = q->blocks ? add_ids(q, 0, src->ids, src->n_ids) : -ENOMEM;
+	if (r < 0) {
+		seq_close(q);
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	}
+	q->blocks_cap = src->n_blocks ? src->n_blocks : 1;
+	seq_adopt(q, src->blocks, src->n_blocks, q->means_bytes ? arena_ptr(c->server->arena, src->means_offset) : NULL);
+	q->n_hashed = src->n_hashed;
+	return reply_opened(c, h, q);
+}
+
+static int do_seq_trim(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
+{
+	uint32_t B = c->model ? c->model->block_tokens : 1;
+	struct tqkv_seq_tokens req;
+	struct tqkv_seq_tokens_reply rep;
+	struct sequence *q;
+	uint64_t keep;
+	int r = read_seq_request(c, h, rd, &req, sizeof(req), &q);
+
+	if (r <= 0 || !q)
+		return r;
+	if (q->job_in_flight)
+		return reply_error(c, h->opcode, h->serial, EBUSY,
+				   "sequence %u: a block is being compressed; wait for it before trimming", q->id);
+	keep = req.n_tokens < q->committed ? req.n_tokens : q->committed;
+	if (keep < q->n_blocks * B)
+		keep = keep / B * B;
+	q->committed = keep;
+	q->attaching = false;
+	if (q->n_ids > keep)
+		q->n_ids = keep;
+	if (keep < q->n_blocks * B) {
+		drop_blocks(c->server, q, keep / B);
+		atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, q->n_blocks, memory_order_release);
+		retry_stalled(c->server);
+	}
+	rep = (struct tqkv_seq_tokens_reply){ q->committed, published_tokens(q) };
+	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
+}
+
+/* Drops the cached blocks no sequence holds: the caller's tenant's, or
+ * every tenant's when the caller is root or the daemon's own user. */
+static int do_flush(struct client *c, const struct tqkv_msg_header *h)
+{
+	struct server *s = c->server;
+	bool all = c->uid == 0 || c->uid == getuid();
+	struct tqkv_flush_reply rep = { 0 };
+	struct cblock *b;
+
+	while ((b = cache_evict(s->cache, all ? NULL : &c->tenant->usage))) {
+		rep.blocks++;
+		rep.bytes += b->bytes;
+		free_block(s, b);
+	}
+	log_info("client %u (pid %d, uid %u): flushed %llu cached blocks (%llu bytes)%s", c->id, (int)c->pid,
+		 (unsigned)c->uid, (unsigned long long)rep.blocks, (unsigned long long)rep.bytes,
+		 all ? "" : " of its tenant");
+	retry_stalled(s);
+	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
+}
+
+static double ratio(uint64_t num, uint64_t den)
+{
+	return den ? (double)num / (double)den : 0.0;
+}
+
+static void print_usage(FILE *f, const struct cache_usage *u)
+{
+	fprintf(f,
+		"blocks:%llu\nblocks_indexed:%llu\nblocks_cached:%llu\n"
+		"bytes_pinned:%llu\nbytes_cached:%llu\nbytes_fp16_equivalent:%llu\ncompression_ratio:%.3f\n",
+		(unsigned long long)u->blocks, (unsigned long long)u->indexed, (unsigned long long)u->lru_blocks,
+		(unsigned long long)(u->bytes - u->lru_bytes), (unsigned long long)u->lru_bytes,
+		(unsigned long long)u->fp16_bytes, ratio(u->fp16_bytes, u->bytes));
+}
+
+/* INFO-style text: "# Section" headers and key:value lines; one "# Tenant
+ * NAME" section per tenant (only the caller's own unless it is root or
+ * the daemon's user). */
 static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 {
 	struct server *s = c->server;
-	uint64_t sequences = 0, tail = 0, fp16_bytes = 0;
-	char buf[4096];
-	int n;
+	const struct cache_usage *u = cache_usage(s->cache);
+	bool all = c->uid == 0 || c->uid == getuid();
+	uint64_t sequences = 0, tail = 0;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	int r;
 
+	if (!f)
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
 	for (struct client *k = s->clients; k; k = k->next)
 		for (struct sequence *q = k->seqs; q; q = q->next) {
 			if (q->closed)
 				continue;
 			sequences++;
 			tail += q->committed - published_tokens(q);
-			fp16_bytes += published_tokens(q) * k->model->token_bytes;
 		}
-	n = snprintf(buf, sizeof(buf),
-		     "# Server\n"
-		     "version:%s\nprotocol_version:%u\npid:%d\nuptime_sec:%llu\nblock_tokens:%u\n"
-		     "# Clients\n"
-		     "clients:%u\nclients_total:%llu\n"
-		     "# Memory\n"
-		     "memory_budget_bytes:%llu\narena_bytes_used:%llu\nstaging_bytes:%llu\n"
-		     "# Sequences\n"
-		     "sequences:%llu\nsequences_total:%llu\ntail_tokens:%llu\n"
-		     "# Blocks\n"
-		     "blocks_compressed:%llu\nblocks_live:%llu\nblocks_freed:%llu\n"
-		     "bytes_compressed:%llu\nbytes_fp16_equivalent:%llu\ncompression_ratio:%.3f\n"
-		     "# Worker\n"
-		     "worker_threads:%u\nworker_queue_depth:%u\ncompress_usec_total:%llu\ncompress_failures:%llu\n"
-		     "# Requests\n"
-		     "requests_total:%llu\nerrors_total:%llu\nprotocol_violations_total:%llu\n",
-		     TQKV_VERSION, TQKV_PROTOCOL_VERSION, (int)getpid(),
-		     (unsigned long long)((now_usec() - s->start_usec) / 1000000u), s->cfg->block_tokens,
-		     s->n_clients, (unsigned long long)s->stats.clients_total,
-		     (unsigned long long)s->cfg->memory_budget, (unsigned long long)arena_bytes_used(s->arena),
-		     (unsigned long long)s->staging_bytes,
-		     (unsigned long long)sequences, (unsigned long long)s->stats.sequences_total,
-		     (unsigned long long)tail,
-		     (unsigned long long)s->stats.blocks_compressed, (unsigned long long)s->blocks_live,
-		     (unsigned long long)s->stats.blocks_freed, (unsigned long long)s->bytes_blocks,
-		     (unsigned long long)fp16_bytes, s->bytes_blocks ? (double)fp16_bytes / (double)s->bytes_blocks : 0.0,
-		     s->cfg->worker_threads, worker_queue_depth(s->pool),
-		     (unsigned long long)(s->stats.encode_nsec / 1000u), (unsigned long long)s->stats.compress_failures,
-		     (unsigned long long)s->stats.requests, (unsigned long long)s->stats.errors,
-		     (unsigned long long)s->stats.violations);
-	return reply(c, h->opcode, h->serial, buf, n < 0 ? 0 : (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+	fprintf(f,
+		"# Server\n"
+		"version:%s\nprotocol_version:%u\npid:%d\nuptime_sec:%llu\nblock_tokens:%u\n"
+		"# Clients\n"
+		"clients:%u\nclients_total:%llu\n"
+		"# Memory\n"
+		"memory_budget_bytes:%llu\narena_bytes_used:%llu\nstaging_bytes:%llu\n"
+		"# Sequences\n"
+		"sequences:%llu\nsequences_total:%llu\ntail_tokens:%llu\n"
+		"# Blocks\n"
+		"blocks_compressed:%llu\nblocks_live:%llu\nblocks_freed:%llu\n"
+		"bytes_compressed:%llu\nbytes_fp16_equivalent:%llu\ncompression_ratio:%.3f\n"
+		"# Cache\n"
+		"prefix_lookups:%llu\nprefix_query_tokens:%llu\nprefix_hit_tokens:%llu\nprefix_hit_rate:%.4f\n"
+		"blocks_indexed:%llu\nblocks_cached:%llu\nbytes_pinned:%llu\nbytes_cached:%llu\n"
+		"evicted_blocks:%llu\nevicted_bytes:%llu\n"
+		"# Worker\n"
+		"worker_threads:%u\nworker_queue_depth:%u\ncompress_usec_total:%llu\ncompress_failures:%llu\n"
+		"# Requests\n"
+		"requests_total:%llu\nerrors_total:%llu\nprotocol_violations_total:%llu\n",
+		TQKV_VERSION, TQKV_PROTOCOL_VERSION, (int)getpid(),
+		(unsigned long long)((now_usec() - s->start_usec) / 1000000u), s->cfg->block_tokens,
+		s->n_clients, (unsigned long long)s->stats.clients_total,
+		(unsigned long long)s->cfg->memory_budget, (unsigned long long)arena_bytes_used(s->arena),
+		(unsigned long long)s->staging_bytes,
+		(unsigned long long)sequences, (unsigned long long)s->stats.sequences_total, (unsigned long long)tail,
+		(unsigned long long)s->stats.blocks_compressed, (unsigned long long)u->blocks,
+		(unsigned long long)s->stats.blocks_freed, (unsigned long long)u->bytes,
+		(unsigned long long)u->fp16_bytes, ratio(u->fp16_bytes, u->bytes),
+		(unsigned long long)s->stats.prefix_lookups, (unsigned long long)s->stats.prefix_query_tokens,
+		(unsigned long long)s->stats.prefix_hit_tokens,
+		ratio(s->stats.prefix_hit_tokens, s->stats.prefix_query_tokens),
+		(unsigned long long)u->indexed, (unsigned long long)u->lru_blocks,
+		(unsigned long long)(u->bytes - u->lru_bytes), (unsigned long long)u->lru_bytes,
+		(unsigned long long)s->stats.evicted_blocks, (unsigned long long)s->stats.evicted_bytes,
+		s->cfg->worker_threads, worker_queue_depth(s->pool),
+		(unsigned long long)(s->stats.encode_nsec / 1000u), (unsigned long long)s->stats.compress_failures,
+		(unsigned long long)s->stats.requests, (unsigned long long)s->stats.errors,
+		(unsigned long long)s->stats.violations);
+	for (struct tenant *t = s->tenants; t; t = t->next) {
+		if (!all && t != c->tenant)
+			continue;
+		fprintf(f, "# Tenant %s\nuid:%u\nclients:%u\nsequences_total:%llu\n", t->name, t->uid, t->clients,
+			(unsigned long long)t->sequences);
+		fprintf(f, "prefix_lookups:%llu\nprefix_query_tokens:%llu\nprefix_hit_tokens:%llu\nprefix_hit_rate:%.4f\n",
+			(unsigned long long)t->prefix_lookups, (unsigned long long)t->prefix_query_tokens,
+			(unsigned long long)t->prefix_hit_tokens, ratio(t->prefix_hit_tokens, t->prefix_query_tokens));
+		print_usage(f, &t->usage);
+	}
+	if (fclose(f) != 0 || !buf) {
+		free(buf);
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	}
+	r = reply(c, h->opcode, h->serial, buf, len);
+	free(buf);
+	return r;
 }
 
 /* Validation in STYLE.md's order, then dispatch.  Returns < 0 when the
@@ -741,7 +1189,15 @@ static int dispatch(struct client *c, const struct tqkv_msg_header *h, const uin
 	case TQKV_OP_REGISTER_MODEL:
 		return do_register(c, h, &rd);
 	case TQKV_OP_SEQ_OPEN:
-		return do_seq_open(c, h);
+		return do_seq_open(c, h, &rd);
+	case TQKV_OP_SEQ_TOKENS:
+		return do_seq_token_ids(c, h, &rd);
+	case TQKV_OP_SEQ_FORK:
+		return do_seq_fork(c, h, &rd);
+	case TQKV_OP_SEQ_TRIM:
+		return do_seq_trim(c, h, &rd);
+	case TQKV_OP_FLUSH:
+		return do_flush(c, h);
 	case TQKV_OP_SEQ_COMMIT:
 	case TQKV_OP_SEQ_WAIT:
 		return do_seq_tokens(c, h, &rd);
@@ -879,12 +1335,31 @@ static void client_disconnect(struct client *c)
 		;
 	*pp = c->next;
 	s->n_clients--;
+	c->tenant->clients--;
 	log_debug("client %u (pid %d): disconnected", c->id, (int)c->pid);
 	uv_poll_stop(&c->poll);
 	close(c->fd);
 	c->fd = -1;
 	/* The poll handle's close callback drops the client's own ref. */
 	uv_close((uv_handle_t *)&c->poll, on_client_closed);
+}
+
+/* The tenant of a uid, created on first use; NULL without memory. */
+static struct tenant *tenant_of(struct server *s, uid_t uid)
+{
+	struct tenant *t;
+
+	for (t = s->tenants; t; t = t->next)
+		if (t->uid == uid)
+			return t;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->uid = (uint32_t)uid;
+	snprintf(t->name, sizeof(t->name), "uid:%u", (unsigned)uid);
+	t->next = s->tenants;
+	s->tenants = t;
+	return t;
 }
 
 static void on_listen_event(uv_poll_t *p, int status, int events)
@@ -910,10 +1385,18 @@ static void on_listen_event(uv_poll_t *p, int status, int events)
 			close(fd);
 			continue;
 		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+			if (ratelimit_below(&s->rl))
+				log_warning_errno(errno, "refusing connection: no peer credentials");
+			close(fd);
+			continue;
+		}
 		c = calloc(1, sizeof(*c));
-		if (c)
+		if (c) {
 			c->in = malloc(s->cfg->limits.max_message_bytes);
-		if (!c || !c->in || uv_poll_init(s->loop, &c->poll, fd) < 0) {
+			c->tenant = tenant_of(s, cred.uid);
+		}
+		if (!c || !c->in || !c->tenant || uv_poll_init(s->loop, &c->poll, fd) < 0) {
 			if (c)
 				free(c->in);
 			free(c);
@@ -927,10 +1410,9 @@ static void on_listen_event(uv_poll_t *p, int status, int events)
 		c->id = ++s->next_client_id;
 		c->rl = RATELIMIT_INIT(10u * 1000000u, 10);
 		c->poll.data = c;
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-			c->pid = cred.pid;
-			c->uid = cred.uid;
-		}
+		c->pid = cred.pid;
+		c->uid = cred.uid;
+		c->tenant->clients++;
 		c->next = s->clients;
 		s->clients = c;
 		s->n_clients++;
@@ -960,6 +1442,9 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 		log_error_errno(r, "Failed to create the arena (%llu bytes)", (unsigned long long)cfg->memory_budget);
 		goto fail;
 	}
+	r = cache_new(&s->cache);
+	if (r < 0)
+		goto fail;
 	r = worker_pool_new(loop, cfg->worker_threads, on_job_done, s, &s->pool);
 	if (r < 0) {
 		log_error_errno(r, "Failed to start %u worker threads", cfg->worker_threads);
@@ -973,6 +1458,7 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 	*ret = s;
 	return 0;
 fail:
+	cache_free(s->cache);
 	arena_free(s->arena);
 	close(listen_fd);
 	free(s);
@@ -994,6 +1480,13 @@ void server_free(struct server *s)
 	if (!s)
 		return;
 	close(s->listen_fd);
+	cache_free(s->cache);
 	arena_free(s->arena);
+	while (s->tenants) {
+		struct tenant *t = s->tenants;
+
+		s->tenants = t->next;
+		free(t);
+	}
 	free(s);
 }

@@ -11,13 +11,17 @@ static const struct msg_spec specs[TQKV_OP_MAX] = {
 	[TQKV_OP_REGISTER_MODEL] = { "REGISTER_MODEL", 1,
 				     sizeof(struct tqkv_register_model) + sizeof(struct tqkv_layer_desc), ANY,
 				     false },
-	[TQKV_OP_SEQ_OPEN] = { "SEQ_OPEN", 1, 0, 0, true },
+	[TQKV_OP_SEQ_OPEN] = { "SEQ_OPEN", 1, 0, ANY, true },
 	[TQKV_OP_SEQ_COMMIT] = { "SEQ_COMMIT", 1, sizeof(struct tqkv_seq_tokens), sizeof(struct tqkv_seq_tokens),
 				 true },
 	[TQKV_OP_SEQ_CLOSE] = { "SEQ_CLOSE", 1, sizeof(struct tqkv_seq_close), sizeof(struct tqkv_seq_close), true },
 	[TQKV_OP_SEQ_WAIT] = { "SEQ_WAIT", 1, sizeof(struct tqkv_seq_tokens), sizeof(struct tqkv_seq_tokens), true },
 	[TQKV_OP_STATS] = { "STATS", 1, 0, 0, false },
 	[TQKV_OP_PING] = { "PING", 1, 0, 0, false },
+	[TQKV_OP_SEQ_TOKENS] = { "SEQ_TOKENS", 2, sizeof(struct tqkv_seq_token_ids), ANY, true },
+	[TQKV_OP_SEQ_FORK] = { "SEQ_FORK", 2, sizeof(struct tqkv_seq_close), sizeof(struct tqkv_seq_close), true },
+	[TQKV_OP_SEQ_TRIM] = { "SEQ_TRIM", 2, sizeof(struct tqkv_seq_tokens), sizeof(struct tqkv_seq_tokens), true },
+	[TQKV_OP_FLUSH] = { "FLUSH", 2, 0, 0, false },
 };
 
 const struct msg_spec *msg_spec_of(uint16_t opcode)

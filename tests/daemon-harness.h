@@ -192,7 +192,7 @@ static inline int raw_recv(int fd, struct tqkv_msg_header *h, void *buf, size_t 
 
 static inline void raw_hello(int fd)
 {
-	struct tqkv_hello hello = { 1, 1 };
+	struct tqkv_hello hello = { TQKV_PROTOCOL_VERSION, TQKV_PROTOCOL_VERSION };
 	struct tqkv_msg_header h = { sizeof(h) + sizeof(hello), TQKV_OP_HELLO, 0, 1, 0, 0 };
 	struct tqkv_hello_reply rep;
 

@@ -87,7 +87,36 @@ TQKV_EXPORT const struct tqkv_preset *tqkv_preset_find(const char *name);
 /* All presets: *ret_n of them. */
 TQKV_EXPORT const struct tqkv_preset *tqkv_presets(size_t *ret_n);
 
+/* Opens an empty sequence (nothing shared: a private prefix of nothing). */
 TQKV_EXPORT int tqkv_seq_open(struct tqkv_client *c, struct tqkv_seq **ret);
+
+/*
+ * Opens a sequence for a prompt of n_tokens token ids.  The daemon attaches
+ * the longest chain of cached blocks (published earlier by any client of
+ * this tenant with the same model and codec policy) that starts the
+ * prompt, leaving at least the last prompt token to compute; *ret_cached
+ * (may be NULL) says how many tokens are already there (a multiple of the
+ * block size): the engine runs the prompt from that position.  The ids are
+ * kept to index the blocks this sequence publishes, so later prompts find
+ * them.  flags: TQKV_SEQ_PRIVATE neither looks up nor shares.
+ */
+TQKV_EXPORT int tqkv_seq_open_prompt(struct tqkv_client *c, const uint32_t *tokens, size_t n_tokens, uint32_t flags,
+				     struct tqkv_seq **ret, uint64_t *ret_cached);
+/* Tells the daemon the ids of tokens [first, first + n) (generated tokens,
+ * or a prompt given later): first is at most the number of ids it has, and
+ * ids it has must match.  Blocks whose ids are known become shareable. */
+TQKV_EXPORT int tqkv_seq_set_tokens(struct tqkv_seq *s, uint64_t first, const uint32_t *tokens, size_t n);
+/* A new sequence with the same tokens: it shares every published block
+ * and gets a copy of the committed FP16 tail (beam search, branches). */
+TQKV_EXPORT int tqkv_seq_fork(struct tqkv_seq *s, struct tqkv_seq **ret);
+/* Keeps the first n_tokens tokens.  Tokens of the FP16 tail are dropped
+ * exactly; inside the published blocks whole blocks only, so *ret_kept (may
+ * be NULL) may be less than n_tokens and the engine rewrites the rest.
+ * Waits for blocks in compression first. */
+TQKV_EXPORT int tqkv_seq_trim(struct tqkv_seq *s, uint64_t n_tokens, uint64_t *ret_kept);
+/* Drops the cached blocks no sequence holds: this client's tenant's, or
+ * every tenant's for root and the daemon's own user. */
+TQKV_EXPORT int tqkv_client_flush(struct tqkv_client *c, uint64_t *ret_blocks, uint64_t *ret_bytes);
 /* Closes the sequence and frees it; accepts NULL. */
 TQKV_EXPORT int tqkv_seq_close(struct tqkv_seq *s);
 TQKV_EXPORT uint32_t tqkv_seq_id(const struct tqkv_seq *s);
@@ -147,6 +176,14 @@ TQKV_EXPORT int tqkv_seq_view(struct tqkv_seq *s, uint32_t layer, struct tqkv_la
  * past what the staging ring holds. */
 TQKV_EXPORT int tqkv_seq_view_written(struct tqkv_seq *s, uint32_t layer, uint64_t n_tokens,
 				      struct tqkv_layer_view *ret);
+/* The view of exactly the first n_tokens tokens (written) with exactly
+ * n_blocks of them from published blocks and the rest from the FP16 tail:
+ * attention over it gives the same result whatever the worker's progress.
+ * An engine that keeps the current block exact uses n_blocks = position /
+ * block_tokens.  -EAGAIN while fewer blocks are published (wait with
+ * tqkv_seq_wait()), -EINVAL if the tail no longer holds the rest. */
+TQKV_EXPORT int tqkv_seq_view_blocks(struct tqkv_seq *s, uint32_t layer, uint64_t n_tokens, uint64_t n_blocks,
+				     struct tqkv_layer_view *ret);
 /* The page of (block, head, stream) and its size; NULL if out of range. */
 TQKV_EXPORT const void *tqkv_view_page(const struct tqkv_layer_view *v, uint64_t block, uint32_t head,
 				       unsigned stream, size_t *ret_size);

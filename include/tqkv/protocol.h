@@ -8,8 +8,10 @@
 
 #include <stdint.h>
 
-#define TQKV_PROTOCOL_VERSION 1u
-#define TQKV_PROTOCOL_VERSION_MIN 1u
+/* Version 2 added prefix lookups to SEQ_OPEN (its reply grew) and the
+ * SEQ_TOKENS, SEQ_FORK, SEQ_TRIM and FLUSH requests. */
+#define TQKV_PROTOCOL_VERSION 2u
+#define TQKV_PROTOCOL_VERSION_MIN 2u
 
 /* Every message starts with this header; size counts the header too. */
 struct tqkv_msg_header {
@@ -36,6 +38,10 @@ enum tqkv_opcode {
 	TQKV_OP_SEQ_WAIT = 6,
 	TQKV_OP_STATS = 7,
 	TQKV_OP_PING = 8,
+	TQKV_OP_SEQ_TOKENS = 9,
+	TQKV_OP_SEQ_FORK = 10,
+	TQKV_OP_SEQ_TRIM = 11,
+	TQKV_OP_FLUSH = 12,
 	TQKV_OP_MAX
 };
 
@@ -102,10 +108,56 @@ struct tqkv_register_reply {
 	uint32_t block_tokens;
 };
 
+enum tqkv_seq_flag {
+	/* Neither looks up nor indexes this sequence's blocks: nothing of it
+	 * is shared, and it is freed when it closes. */
+	TQKV_SEQ_PRIVATE = 1u << 0,
+};
+
+/*
+ * SEQ_OPEN: an empty payload, or this followed by n_tokens uint32 token ids
+ * (the prompt).  The daemon attaches the longest chain of cached blocks
+ * that are a prefix of the prompt, at most (n_tokens - 1) / block_tokens
+ * blocks so that the engine computes at least the last prompt token, and
+ * keeps the ids to index the blocks the sequence publishes.
+ */
+struct tqkv_seq_open {
+	uint32_t n_tokens;
+	uint32_t flags;            /* enum tqkv_seq_flag */
+};
+
+/* Also the reply of SEQ_FORK. */
 struct tqkv_seq_open_reply {
 	uint32_t seq_id;
 	uint32_t slot;             /* staging slot of this sequence */
 	uint64_t desc_offset;      /* struct tqkv_seq_desc in the arena */
+	uint64_t cached_tokens;    /* tokens already published (attached or shared): skip them */
+};
+
+/* SEQ_TOKENS: followed by n uint32 token ids of tokens [first, first + n);
+ * first is at most the number of ids the daemon already has (ids are
+ * appended; ones it has must match).  Blocks are indexed for sharing once
+ * their ids are known. */
+struct tqkv_seq_token_ids {
+	uint32_t seq_id;
+	uint32_t first;
+	uint32_t n;
+	uint32_t reserved;
+};
+
+/* SEQ_FORK: a new sequence holding the same published blocks and token
+ * ids; the caller copies the FP16 tail rows into the new slot and commits
+ * them.  SEQ_CLOSE's payload. */
+
+/* SEQ_TRIM: keeps the first n_tokens tokens; inside the published blocks
+ * it keeps whole blocks only, so the reply's committed_tokens may be less
+ * than asked (the engine rewrites the rest).  Refused with EBUSY while a
+ * block of the sequence is being compressed (SEQ_WAIT first). */
+
+/* FLUSH reply: what was dropped from the cache. */
+struct tqkv_flush_reply {
+	uint64_t blocks;
+	uint64_t bytes;
 };
 
 /* COMMIT: tokens [0, n_tokens) are in staging; WAIT: reply once at least

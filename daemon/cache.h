@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The block cache: every published block record, its reference count (the
+ * sequence tables that hold it), the prefix index (chained content hash →
+ * block) and the LRU list of indexed blocks that no sequence holds.  Pure
+ * bookkeeping on the loop thread; the server owns the arena bytes and frees
+ * what cache_unref() and cache_evict() hand back.
+ *
+ * A block's hash is XXH3-128 of its parent's hash and its token ids; the
+ * root is a hash of the tenant, the model fingerprint and the codec policy
+ * (prefix_root()).  Blocks are immutable, so a hit is shared, never copied.
+ */
+#ifndef TQKVD_CACHE_H
+#define TQKVD_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <xxhash.h>
+
+/* Counts kept for the whole cache and for each tenant. */
+struct cache_usage {
+	uint64_t blocks, bytes;              /* every block */
+	uint64_t fp16_bytes;                 /* what their tokens take as FP16 rows */
+	uint64_t indexed;                    /* in the prefix index */
+	uint64_t lru_blocks, lru_bytes;      /* indexed, held by no sequence: evictable */
+};
+
+struct cblock {
+	struct cblock *hnext;          /* index bucket chain */
+	struct cblock *lru_prev, *lru_next;
+	uint64_t offset, bytes;        /* the record in the tenant's arena */
+	uint64_t fp16_bytes;           /* its tokens as FP16 rows */
+	XXH128_hash_t hash;            /* valid when hashed */
+	uint32_t refs;                 /* sequence tables holding it */
+	bool hashed, indexed, in_lru;
+	struct cache_usage *usage;     /* the tenant's counts */
+	float *means;                  /* block 0 of a centered model: its sequence's key means */
+};
+
+struct cache;
+
+int cache_new(struct cache **ret);
+/* Frees the bookkeeping of every block left (not the arena bytes). */
+void cache_free(struct cache *c);
+
+/* A new block held by one sequence. */
+struct cblock *cache_block_new(struct cache *c, struct cache_usage *usage, uint64_t offset, uint64_t bytes,
+			       uint64_t fp16_bytes);
+
+/* Indexes b under hash (b->hashed becomes true either way); false when
+ * another block already has that hash (b then stays private). */
+bool cache_index(struct cache *c, struct cblock *b, XXH128_hash_t hash);
+struct cblock *cache_lookup(const struct cache *c, XXH128_hash_t hash);
+
+/* One more sequence holds b: it leaves the LRU list. */
+void cache_ref(struct cache *c, struct cblock *b);
+/* One sequence less.  An unheld indexed block becomes the most recently
+ * used of the LRU list; returns true when b is unheld and not indexed: the
+ * caller releases its bytes and calls cache_block_free(). */
+bool cache_unref(struct cache *c, struct cblock *b);
+/* The least recently used unheld block (of the tenant counted in only,
+ * unless NULL), taken out of the index and the list (the caller frees
+ * it), or NULL. */
+struct cblock *cache_evict(struct cache *c, const struct cache_usage *only);
+void cache_block_free(struct cache *c, struct cblock *b);
+
+const struct cache_usage *cache_usage(const struct cache *c);
+
+/* The largest block_tokens the configuration allows. */
+#define PREFIX_BLOCK_TOKENS_MAX 4096u
+
+/* The root of a prefix chain: tenant, model fingerprint, codec policy. */
+XXH128_hash_t prefix_root(uint32_t tenant_id, const void *model_key, size_t model_key_size);
+/* The hash of a block: its parent's and its token ids. */
+XXH128_hash_t prefix_next(XXH128_hash_t parent, const uint32_t *tokens, uint32_t n);
+
+#endif

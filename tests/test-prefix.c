@@ -1,0 +1,286 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Sharing through tqkvd: prefix lookups across client processes, fork and
+ * trim, eviction under a memory budget, tenants, flush.  A real daemon,
+ * real client processes.
+ */
+#define _GNU_SOURCE
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <tqkv/attention.h>
+
+#include "daemon-fixture.h"
+
+#define B 64
+
+static void prompt_ids(uint32_t salt, uint32_t *ids, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		ids[i] = (uint32_t)(i * 2654435761u) ^ salt;
+}
+
+static struct tqkv_client *connect_model(const char *socket, const struct tqkv_model *m)
+{
+	struct tqkv_client *c;
+
+	cr_assert_eq(tqkv_client_connect(socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, m), 0, "%s", tqkv_client_error(c));
+	return c;
+}
+
+/* Opens a sequence for a prompt of n ids, writes the rows of the tokens
+ * it does not have, and waits until every full block is published.
+ * Returns the cached token count. */
+static uint64_t run_prompt(struct tqkv_client *c, uint32_t salt, uint64_t seed, size_t n, uint32_t flags,
+			   struct tqkv_seq **ret)
+{
+	uint32_t *ids = malloc(n * sizeof(*ids));
+	uint64_t cached = ~0ull;
+
+	prompt_ids(salt, ids, n);
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, n, flags, ret, &cached), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(cached % B, 0);
+	cr_assert_eq(tqkv_seq_committed(*ret), cached);
+	cr_assert_eq(tqkv_seq_published(*ret), cached);
+	append_tokens(*ret, seed, cached, n - cached);
+	cr_assert_eq(tqkv_seq_wait(*ret, n / B * B), 0);
+	free(ids);
+	return cached;
+}
+
+/* The attention of a fixed query over the first n tokens, the blocks
+ * before the last token's from pages, for every stored layer. */
+static void attend_all(struct tqkv_seq *s, uint64_t n, float out[N_LAYERS][HEADS * HEAD_DIM])
+{
+	for (uint32_t l = 0; l < N_LAYERS; l++) {
+		struct tqkv_layer_view v;
+		struct tqkv_attn a = { .n_q_heads = HEADS, .scale = 0.125f, .position = n - 1 };
+		float q[HEADS * HEAD_DIM];
+
+		gaussian_fill(77 + l, q, HEADS * HEAD_DIM);
+		cr_assert_eq(tqkv_seq_view_blocks(s, l, n, (n - 1) / B, &v), 0);
+		cr_assert_eq(tqkv_attend(&v, q, &a, out[l]), 0);
+	}
+}
+
+/* Both the first engine and the second must see the same numbers. */
+struct shared_result {
+	float out[N_LAYERS][HEADS * HEAD_DIM];
+	uint64_t cached;
+};
+
+static void engine_process(const char *socket, struct shared_result *res, size_t n)
+{
+	struct tqkv_client *c = connect_model(socket, &test_model);
+	struct tqkv_seq *s;
+
+	res->cached = run_prompt(c, 1, 42, n, 0, &s);
+	attend_all(s, n, res->out);
+	check_tokens(s, 42, n);
+	tqkv_client_free(c);  /* the sequence closes with the connection */
+}
+
+static void run_child(void (*fn)(const char *, struct shared_result *, size_t), const char *socket,
+		      struct shared_result *res, size_t n)
+{
+	pid_t pid = fork();
+	int status;
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		fn(socket, res, n);
+		_exit(0);
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "engine process failed: %#x", status);
+}
+
+/* An engine publishes a prompt and exits; a second engine process opens
+ * the same prompt, attaches the cached blocks (all but the one holding the
+ * last token), computes the rest, and its attention outputs are
+ * bit-identical to the first's. */
+Test(prefix, second_process_attaches_and_attends_identically, .timeout = 60)
+{
+	struct shared_result *res = mmap(NULL, 2 * sizeof(*res), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+					 -1, 0);
+	struct test_daemon d;
+	size_t n = 700;
+
+	cr_assert_neq(res, MAP_FAILED);
+	daemon_start(&d, NULL);
+	run_child(engine_process, d.socket, &res[0], n);
+	run_child(engine_process, d.socket, &res[1], n);
+	cr_assert_eq(res[0].cached, 0);
+	cr_assert_eq(res[1].cached, (n - 1) / B * B);
+	cr_assert_eq(memcmp(res[0].out, res[1].out, sizeof(res[0].out)), 0, "attention differs on a cache hit");
+	cr_assert_eq(daemon_stat(&d, "prefix_lookups"), 2);
+	cr_assert_eq(daemon_stat(&d, "prefix_query_tokens"), 2 * (long long)n);
+	cr_assert_eq(daemon_stat(&d, "prefix_hit_tokens"), (long long)res[1].cached);
+	cr_assert_eq(daemon_stat(&d, "bytes_pinned"), 0);
+	cr_assert_gt(daemon_stat(&d, "bytes_cached"), 0);
+	daemon_stop(&d);
+	munmap(res, 2 * sizeof(*res));
+}
+
+/* A prompt longer than one message goes out in SEQ_TOKENS requests, and
+ * the attach continues across them; generated tokens' ids index their
+ * blocks too. */
+Test(prefix, long_prompt_and_generated_tokens, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s, *t;
+	size_t n = 20000;
+	uint32_t *ids = malloc((n + 200) * sizeof(*ids));
+
+	daemon_start(&d, NULL);
+	c = connect_model(d.socket, &test_model);
+	cr_assert_eq(run_prompt(c, 9, 5, n, 0, &s), 0);
+	/* 100 "generated" tokens, their ids told afterwards. */
+	append_tokens(s, 5, n, 100);
+	prompt_ids(9, ids, n + 200);
+	cr_assert_eq(tqkv_seq_set_tokens(s, n, ids + n, 100), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_wait(s, (n + 100) / B * B), 0);
+	cr_assert_eq(tqkv_seq_set_tokens(s, 5, ids + 6, 1), -EINVAL, "a different id for a known token");
+	cr_assert_eq(tqkv_seq_close(s), 0);
+
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, n + 200, 0, &t, NULL), 0);
+	cr_assert_eq(tqkv_seq_committed(t), (n + 100) / B * B);
+	check_tokens(t, 5, (n + 100) / B * B);
+	cr_assert_eq(tqkv_seq_close(t), 0);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+	free(ids);
+}
+
+/* Private sequences share nothing; a different model or policy finds
+ * nothing; another uid (tenant) finds nothing. */
+Test(prefix, sharing_is_scoped, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c, *other;
+	struct tqkv_seq *s, *t;
+	struct tqkv_model m2 = test_model;
+	struct tqkv_layer_desc layers2[N_LAYERS];
+	pid_t pid;
+	int status;
+
+	daemon_start(&d, NULL);
+	c = connect_model(d.socket, &test_model);
+	cr_assert_eq(run_prompt(c, 3, 8, 300, TQKV_SEQ_PRIVATE, &s), 0);
+	cr_assert_eq(tqkv_seq_close(s), 0);
+	cr_assert_eq(run_prompt(c, 3, 8, 300, 0, &s), 0, "a private sequence was shared");
+	cr_assert_eq(run_prompt(c, 3, 8, 300, 0, &t), 256, "an open sequence's blocks are shared");
+	cr_assert_eq(tqkv_seq_close(t), 0);
+
+	memcpy(layers2, test_layers, sizeof(layers2));
+	layers2[2].k_kind = TQKV_KIND_TQ4;
+	m2.layers = layers2;
+	other = connect_model(d.socket, &m2);
+	cr_assert_eq(run_prompt(other, 3, 8, 300, 0, &t), 0, "another codec policy shared blocks");
+	tqkv_client_free(other);
+
+	if (geteuid() == 0) {
+		/* A client of another uid: its own tenant, no hit. */
+		cr_assert_eq(chmod(d.dir, 0755), 0);
+		cr_assert_eq(chmod(d.socket, 0777), 0);
+		pid = fork();
+		if (pid == 0) {
+			struct tqkv_client *o;
+			struct tqkv_seq *u;
+
+			if (setgid(65534) < 0 || setuid(65534) < 0)
+				_exit(3);
+			o = connect_model(d.socket, &test_model);
+			_exit(run_prompt(o, 3, 8, 300, 0, &u) == 0 ? 0 : 4);
+		}
+		cr_assert_eq(waitpid(pid, &status, 0), pid);
+		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "uid 65534 attached uid 0's blocks: %#x", status);
+		cr_assert_eq(daemon_stat(&d, "prefix_lookups"), 4);
+	}
+	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* Fork shares the published blocks and copies the tail; trim drops tail
+ * tokens exactly and blocks whole. */
+Test(prefix, fork_and_trim, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s, *f;
+	struct tqkv_layer_view v1, v2;
+	uint64_t kept;
+
+	daemon_start(&d, NULL);
+	c = connect_model(d.socket, &test_model);
+	cr_assert_eq(run_prompt(c, 4, 11, 200, 0, &s), 0);
+	cr_assert_eq(tqkv_seq_fork(s, &f), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_committed(f), 200);
+	cr_assert_eq(tqkv_seq_published(f), 192);
+	cr_assert_eq(tqkv_seq_view(s, 0, &v1), 0);
+	cr_assert_eq(tqkv_seq_view(f, 0, &v2), 0);
+	cr_assert_eq(tqkv_view_page(&v1, 2, 1, 0, NULL), tqkv_view_page(&v2, 2, 1, 0, NULL), "fork copied a block");
+	check_tokens(f, 11, 200);
+
+	cr_assert_eq(tqkv_seq_trim(f, 150, &kept), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(kept, 128);
+	cr_assert_eq(tqkv_seq_published(f), 128, "published %llu", (unsigned long long)tqkv_seq_published(f));
+	check_tokens(f, 11, 128);
+	append_tokens(f, 11, 128, 100);
+	cr_assert_eq(tqkv_seq_wait(f, 192), 0);
+	check_tokens(f, 11, 228);
+
+	cr_assert_eq(tqkv_seq_trim(s, 196, &kept), 0);
+	cr_assert_eq(kept, 196);
+	cr_assert_eq(tqkv_seq_published(s), 192);
+	append_tokens(s, 11, 196, 70);
+	cr_assert_eq(tqkv_seq_wait(s, 256), 0);
+	check_tokens(s, 11, 266);
+	check_tokens(f, 11, 228);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* Under a small budget, closed prompts are evicted least recently used
+ * first; a sequence that stays open keeps its blocks intact; the arena
+ * stays within the budget; flush drops what is left. */
+Test(prefix, eviction_spares_pinned_blocks, .timeout = 90)
+{
+	const char *extra[] = { "--memory-budget", "6M", "--set", "max_tokens_per_sequence=4096", NULL };
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *pinned, *s;
+	uint64_t blocks, bytes;
+
+	/* The harness's budget comes first; the later option wins. */
+	daemon_start(&d, extra);
+	c = connect_model(d.socket, &test_model);
+	cr_assert_eq(run_prompt(c, 100, 100, 640, 0, &pinned), 0);
+	for (uint32_t i = 0; i < 24; i++) {
+		cr_assert_eq(run_prompt(c, 200 + i, 200 + i, 640, 0, &s), 0);
+		cr_assert_eq(tqkv_seq_close(s), 0);
+	}
+	cr_assert_gt(daemon_stat(&d, "evicted_blocks"), 0);
+	cr_assert_leq(daemon_stat(&d, "arena_bytes_used"), 6ll << 20);
+	check_tokens(pinned, 100, 640);
+	/* The newest prompt is still cached, the oldest is gone. */
+	cr_assert_eq(run_prompt(c, 200 + 23, 200 + 23, 640, 0, &s), 576);
+	cr_assert_eq(tqkv_seq_close(s), 0);
+	cr_assert_eq(run_prompt(c, 200, 200, 640, 0, &s), 0);
+	cr_assert_eq(tqkv_seq_close(s), 0);
+	/* Another client's open sequence attaches the pinned blocks. */
+	cr_assert_eq(run_prompt(c, 100, 100, 640, 0, &s), 576);
+	cr_assert_eq(tqkv_seq_close(s), 0);
+
+	cr_assert_eq(tqkv_client_flush(c, &blocks, &bytes), 0);
+	cr_assert_gt(blocks, 0);
+	cr_assert_eq(daemon_stat(&d, "blocks_cached"), 0);
+	cr_assert_eq(run_prompt(c, 200 + 23, 200 + 23, 640, 0, &s), 0, "flush left a block");
+	cr_assert_eq(tqkv_seq_close(s), 0);
+	check_tokens(pinned, 100, 640);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
