@@ -269,20 +269,33 @@ TQKV_EXPORT int tqkv_client_ping(struct tqkv_client *c)
 	return call(c, TQKV_OP_PING, NULL, 0, NULL, 0, NULL, NULL, NULL);
 }
 
-TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text)
+/* A request whose reply is text. */
+static int call_text(struct tqkv_client *c, uint16_t opcode, char **ret_text)
 {
-	const size_t cap = 1u << 20;
-	char *buf = malloc(cap);
+	const size_t cap = 1u << 24;  /* the largest reply call() accepts */
+	char *buf = malloc(cap + 1);
 	size_t len;
-	int r = buf ? call(c, TQKV_OP_STATS, NULL, 0, buf, cap - 1, &len, NULL, NULL) : -ENOMEM;
+	int r = buf ? call(c, opcode, NULL, 0, buf, cap, &len, NULL, NULL) : -ENOMEM;
 
 	if (r < 0) {
 		free(buf);
 		return r;
 	}
 	buf[len] = 0;
-	*ret_text = buf;
+	*ret_text = realloc(buf, len + 1);
+	if (!*ret_text)
+		*ret_text = buf;
 	return 0;
+}
+
+TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text)
+{
+	return c && ret_text ? call_text(c, TQKV_OP_STATS, ret_text) : -EINVAL;
+}
+
+TQKV_EXPORT int tqkv_client_list(struct tqkv_client *c, char **ret_text)
+{
+	return c && ret_text ? call_text(c, TQKV_OP_LIST, ret_text) : -EINVAL;
 }
 
 /* Maps a memfd after checking its seals and size. */

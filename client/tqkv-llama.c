@@ -448,7 +448,7 @@ static int run_generate(const struct options *o)
 	/* The continuation's ids: its blocks become shareable too. */
 	if (r >= 0 && !o->f32 && made && (r = llama_kv_tqkv_add_tokens(e.tqkv, (uint64_t)n, ids + n, made)) < 0)
 		fprintf(stderr, "tqkv-llama: tqkvd: %s\n", llama_kv_tqkv_error(e.tqkv));
-	if (r >= 0)
+	if (r >= 0 && !o->f32)
 		fprintf(stderr, "tqkv-llama: prompt %d tokens, %llu from the cache, %d computed in %.1f ms; %u generated in %.1f ms\n",
 			n, (unsigned long long)cached, n - (int)cached, (double)(t1 - t0) / 1e6, made,
 			(double)(now_nsec() - t1) / 1e6);

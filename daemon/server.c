@@ -1155,6 +1155,44 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 	return r;
 }
 
+static int do_list(struct client *c, const struct tqkv_msg_header *h)
+{
+	bool all = c->uid == 0 || c->uid == getuid();
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	int r;
+
+	if (!f)
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	for (struct client *k = c->server->clients; k; k = k->next) {
+		if (!all && k->tenant != c->tenant)
+			continue;
+		for (struct sequence *q = k->seqs; q; q = q->next) {
+			uint64_t shared = 0;
+
+			if (q->closed)
+				continue;
+			for (uint64_t b = 0; b < q->n_blocks; b++)
+				shared += q->blocks[b]->refs > 1;
+			fprintf(f,
+				"# Sequence %u\ntenant:%s\nclient:%u\npid:%d\ntokens:%llu\npublished_tokens:%llu\n"
+				"blocks:%llu\nblocks_shared:%llu\nbytes:%llu\nprivate:%d\n",
+				q->id, k->tenant->name, k->id, (int)k->pid, (unsigned long long)q->committed,
+				(unsigned long long)published_tokens(q), (unsigned long long)q->n_blocks,
+				(unsigned long long)shared, (unsigned long long)(q->n_blocks * k->model->block_bytes),
+				q->private);
+		}
+	}
+	if (fclose(f) != 0 || !buf) {
+		free(buf);
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	}
+	r = reply(c, h->opcode, h->serial, buf, len);
+	free(buf);
+	return r;
+}
+
 /* Validation in STYLE.md's order, then dispatch.  Returns < 0 when the
  * client is gone. */
 static int dispatch(struct client *c, const struct tqkv_msg_header *h, const uint8_t *payload)
@@ -1198,6 +1236,8 @@ static int dispatch(struct client *c, const struct tqkv_msg_header *h, const uin
 		return do_seq_trim(c, h, &rd);
 	case TQKV_OP_FLUSH:
 		return do_flush(c, h);
+	case TQKV_OP_LIST:
+		return do_list(c, h);
 	case TQKV_OP_SEQ_COMMIT:
 	case TQKV_OP_SEQ_WAIT:
 		return do_seq_tokens(c, h, &rd);

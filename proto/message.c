@@ -22,6 +22,7 @@ static const struct msg_spec specs[TQKV_OP_MAX] = {
 	[TQKV_OP_SEQ_FORK] = { "SEQ_FORK", 2, sizeof(struct tqkv_seq_close), sizeof(struct tqkv_seq_close), true },
 	[TQKV_OP_SEQ_TRIM] = { "SEQ_TRIM", 2, sizeof(struct tqkv_seq_tokens), sizeof(struct tqkv_seq_tokens), true },
 	[TQKV_OP_FLUSH] = { "FLUSH", 2, 0, 0, false },
+	[TQKV_OP_LIST] = { "LIST", 2, 0, 0, false },
 };
 
 const struct msg_spec *msg_spec_of(uint16_t opcode)

@@ -61,6 +61,11 @@ TQKV_EXPORT uint32_t tqkv_client_block_tokens(const struct tqkv_client *c);
 TQKV_EXPORT int tqkv_client_ping(struct tqkv_client *c);
 /* The daemon's stats as INFO text ("# Section", "key:value" lines); free() it. */
 TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text);
+/* The open sequences (this client's tenant's; every tenant's for root and
+ * the daemon's user) as "# Sequence ID" sections of key:value lines:
+ * tenant, client, pid, tokens, published_tokens, blocks, blocks_shared,
+ * bytes, private; free() it. */
+TQKV_EXPORT int tqkv_client_list(struct tqkv_client *c, char **ret_text);
 
 /* Registers the model (once per connection) and maps the shared memory. */
 TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct tqkv_model *m);

@@ -42,6 +42,7 @@ enum tqkv_opcode {
 	TQKV_OP_SEQ_FORK = 10,
 	TQKV_OP_SEQ_TRIM = 11,
 	TQKV_OP_FLUSH = 12,
+	TQKV_OP_LIST = 13,
 	TQKV_OP_MAX
 };
 
@@ -153,6 +154,9 @@ struct tqkv_seq_token_ids {
  * it keeps whole blocks only, so the reply's committed_tokens may be less
  * than asked (the engine rewrites the rest).  Refused with EBUSY while a
  * block of the sequence is being compressed (SEQ_WAIT first). */
+
+/* LIST reply: text, one "# Sequence ID" section of key:value lines per open
+ * sequence (the caller's tenant's, or all for root and the daemon's user). */
 
 /* FLUSH reply: what was dropped from the cache. */
 struct tqkv_flush_reply {
