@@ -445,6 +445,7 @@ static int run_generate(const struct options *o)
 		r = llama_forward(c, next, (uint32_t)n + i, logits);
 	}
 	putchar('\n');
+	fflush(stdout);
 	/* The continuation's ids: its blocks become shareable too. */
 	if (r >= 0 && !o->f32 && made && (r = llama_kv_tqkv_add_tokens(e.tqkv, (uint64_t)n, ids + n, made)) < 0)
 		fprintf(stderr, "tqkv-llama: tqkvd: %s\n", llama_kv_tqkv_error(e.tqkv));
