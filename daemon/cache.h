@@ -30,7 +30,7 @@ struct cache_usage {
 struct cblock {
 	struct cblock *hnext;          /* index bucket chain */
 	struct cblock *lru_prev, *lru_next;
-	uint64_t offset, bytes;        /* the record in the tenant's arena */
+	uint64_t offset, bytes;        /* the record in its tenant's arena */
 	uint64_t fp16_bytes;           /* its tokens as FP16 rows */
 	XXH128_hash_t hash;            /* valid when hashed */
 	uint32_t refs;                 /* sequence tables holding it */

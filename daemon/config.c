@@ -32,6 +32,7 @@ enum config_type {
 	CONFIG_SIZE32,    /* uint32_t bytes, K/M/G/T suffixes */
 	CONFIG_U32,       /* uint32_t plain decimal */
 	CONFIG_LOG_LEVEL, /* int, syslog level by name or number */
+	CONFIG_TENANCY,   /* uint32_t, enum tqkvd_tenancy by name */
 };
 
 struct config_key {
@@ -55,6 +56,9 @@ static const struct config_key config_keys[] = {
 	{ "block_tokens", CONFIG_U32, FIELD(block_tokens), 16, 4096, 16, false },
 	{ "worker_threads", CONFIG_U32, FIELD(worker_threads), 1, 64, 0, false },
 	{ "log_level", CONFIG_LOG_LEVEL, FIELD(log_level), LOG_ERR, LOG_DEBUG, 0, false },
+	{ "tenants", CONFIG_TENANCY, FIELD(tenancy), TENANCY_UID, TENANCY_GID, 0, false },
+	/* 0: no quota; the budget bounds every tenant anyway. */
+	{ "tenant_quota", CONFIG_SIZE, FIELD(tenant_quota), 0, 256 * TIB, 0, false },
 	/* Room for a header plus a useful payload, and not so large that one
 	 * client can make the daemon buffer a lot of memory. */
 	{ "max_message_bytes", CONFIG_SIZE32, FIELD(limits.max_message_bytes), KIB, 16 * MIB, 0, false },
@@ -345,6 +349,16 @@ static int config_apply(struct tqkvd_config *c, const struct config_key *k, cons
 		if (r < 0)
 			return config_error(err, errlen, -EINVAL,
 					    "%s: invalid number '%.64s' (expected a decimal integer)", k->name, value);
+		break;
+
+	case CONFIG_TENANCY:
+		if (strcmp(value, "uid") == 0)
+			v = TENANCY_UID;
+		else if (strcmp(value, "gid") == 0)
+			v = TENANCY_GID;
+		else
+			return config_error(err, errlen, -EINVAL, "%s: invalid value '%.64s' (expected uid or gid)",
+					    k->name, value);
 		break;
 
 	case CONFIG_LOG_LEVEL:

@@ -24,6 +24,13 @@ struct tqkvd_limits {
 	uint32_t max_tokens_per_sequence;  /* default 1048576 */
 };
 
+/* Clients share cached blocks, and an arena, with the clients of their
+ * tenant: those of the same user, or of the same primary group. */
+enum tqkvd_tenancy {
+	TENANCY_UID,
+	TENANCY_GID,
+};
+
 struct tqkvd_config {
 	char *socket_path;        /* NULL: resolved by the caller (socket activation, $RUNTIME_DIRECTORY, ...) */
 	char *state_dir;          /* default $STATE_DIRECTORY (systemd), else "/var/lib/tqkv" as root,
@@ -32,6 +39,8 @@ struct tqkvd_config {
 	uint32_t block_tokens;    /* tokens per block; default 64; a multiple of 16 in 16..4096 */
 	uint32_t worker_threads;  /* default 1; 1..64 */
 	int log_level;            /* syslog LOG_ERR..LOG_DEBUG, default LOG_INFO */
+	uint32_t tenancy;         /* enum tqkvd_tenancy: who shares a cache, default by uid */
+	uint64_t tenant_quota;    /* bytes one tenant may hold; 0 (default): the budget only */
 	struct tqkvd_limits limits;
 };
 

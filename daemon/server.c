@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,11 +61,14 @@ struct sequence {
 	unsigned n_waiters;
 };
 
-/* Who shares: by default every uid is its own tenant. */
+/* Who shares: by default every uid is its own tenant.  A tenant's blocks
+ * and sequences live in its own arena, so its clients map only its bytes. */
 struct tenant {
 	struct tenant *next;
-	uint32_t uid;
+	uint32_t id;          /* uid or gid (tenants=) */
 	char name[24];
+	struct arena *arena;  /* created when its first client registers a model */
+	uint64_t arena_used;  /* bytes allocated in it */
 	struct cache_usage usage;
 	uint64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
 	uint64_t sequences;
@@ -112,9 +116,9 @@ struct server {
 	const struct tqkvd_config *cfg;
 	int listen_fd;
 	uv_poll_t listen_poll;
-	struct arena *arena;
 	struct worker_pool *pool;
 	struct cache *cache;
+	uint64_t arena_used;  /* bytes allocated in every tenant's arena: within memory_budget */
 	struct tenant *tenants;
 	struct client *clients;
 	uint32_t n_clients, next_client_id, next_seq_id;
@@ -281,9 +285,23 @@ static struct sequence *find_seq(struct client *c, uint32_t id)
 	return NULL;
 }
 
+#define tenant_of_usage(u) ((struct tenant *)((uint8_t *)(u) - offsetof(struct tenant, usage)))
+
+/* Every arena byte goes through these two: the budget is global, quotas
+ * per tenant. */
+static void tenant_release(struct server *s, struct tenant *t, uint64_t offset, uint64_t size)
+{
+	uint64_t before = arena_bytes_used(t->arena), freed;
+
+	arena_release(t->arena, offset, size);
+	freed = before - arena_bytes_used(t->arena);
+	t->arena_used -= freed;
+	s->arena_used -= freed;
+}
+
 static void free_block(struct server *s, struct cblock *b)
 {
-	arena_release(s->arena, b->offset, b->bytes);
+	tenant_release(s, tenant_of_usage(b->usage), b->offset, b->bytes);
 	cache_block_free(s->cache, b);
 	s->stats.blocks_freed++;
 }
@@ -295,19 +313,30 @@ static void evicted(struct server *s, struct cblock *b)
 	free_block(s, b);
 }
 
-/* Allocates arena bytes, evicting unheld cached blocks (least recently
- * used first) while the budget is exhausted. */
-static int alloc_evicting(struct server *s, uint64_t size, uint64_t *ret)
+/* Allocates bytes in the tenant's arena, evicting unheld cached blocks
+ * (least recently used first) while the memory budget is exhausted (any
+ * tenant's), or the tenant's quota or its arena (the tenant's own). */
+static int alloc_evicting(struct server *s, struct tenant *t, uint64_t size, uint64_t *ret)
 {
-	struct cblock *b;
+	uint64_t quota = s->cfg->tenant_quota;
 
-	while (arena_alloc(s->arena, size, ret) < 0) {
-		b = cache_evict(s->cache, NULL);
+	for (;;) {
+		bool over_budget = s->arena_used + size > s->cfg->memory_budget;
+		bool over_quota = quota && t->arena_used + size > quota;
+		uint64_t before = arena_bytes_used(t->arena), got;
+		struct cblock *b;
+
+		if (!over_budget && !over_quota && arena_alloc(t->arena, size, ret) == 0) {
+			got = arena_bytes_used(t->arena) - before;
+			t->arena_used += got;
+			s->arena_used += got;
+			return 0;
+		}
+		b = cache_evict(s->cache, over_budget && !over_quota ? NULL : &t->usage);
 		if (!b)
 			return -ENOMEM;
 		evicted(s, b);
 	}
-	return 0;
 }
 
 /* Drops the sequence's blocks from the last down to block from: the
@@ -407,10 +436,10 @@ static void seq_finalize(struct sequence *q)
 	if (q->job_in_flight)
 		return;
 	drop_blocks(s, q, 0);
-	arena_release(s->arena, q->table_offset, q->table_bytes);
-	arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
+	tenant_release(s, c->tenant, q->table_offset, q->table_bytes);
+	tenant_release(s, c->tenant, q->desc_offset, sizeof(struct tqkv_seq_desc));
 	if (q->means_bytes)
-		arena_release(s->arena, q->means_offset, q->means_bytes);
+		tenant_release(s, c->tenant, q->means_offset, q->means_bytes);
 	for (pp = &c->seqs; *pp != q; pp = &(*pp)->next)
 		;
 	*pp = q->next;
@@ -481,7 +510,7 @@ static void on_job_done(struct job *j, void *userdata)
 			/* Sequences that attach this block need its means. */
 			b->means = malloc(q->means_bytes);
 			if (b->means)
-				memcpy(b->means, arena_ptr(s->arena, q->means_offset), q->means_bytes);
+				memcpy(b->means, arena_ptr(c->tenant->arena, q->means_offset), q->means_bytes);
 			else
 				q->private = true;  /* cannot be shared without them */
 		}
@@ -490,7 +519,7 @@ static void on_job_done(struct job *j, void *userdata)
 		s->stats.encode_nsec += j->encode_nsec;
 		hash_blocks(s, q);
 	} else {
-		arena_release(s->arena, q->job_block->offset, q->job_block->bytes);
+		tenant_release(s, c->tenant, q->job_block->offset, q->job_block->bytes);
 		cache_block_free(s->cache, q->job_block);
 		q->broken = true;  /* retrying would fail the same way, forever */
 		s->stats.compress_failures++;
@@ -520,7 +549,7 @@ static void schedule(struct sequence *q)
 
 	if (q->job_in_flight || q->closed || q->broken || c->dead || (q->n_blocks + 1) * m->block_tokens > q->committed)
 		return;
-	if (reserve_block(q) < 0 || alloc_evicting(s, m->block_bytes, &off) < 0) {
+	if (reserve_block(q) < 0 || alloc_evicting(s, c->tenant, m->block_bytes, &off) < 0) {
 		if (ratelimit_below(&s->rl))
 			log_warning("client %u: memory budget exhausted, block %llu of sequence %u waits", c->id,
 				    (unsigned long long)q->n_blocks, q->id);
@@ -529,7 +558,7 @@ static void schedule(struct sequence *q)
 	q->job_block = cache_block_new(s->cache, &c->tenant->usage, off, m->block_bytes,
 				       (uint64_t)m->block_tokens * m->token_bytes);
 	if (!q->job_block) {
-		arena_release(s->arena, off, m->block_bytes);
+		tenant_release(s, c->tenant, off, m->block_bytes);
 		return;
 	}
 	*j = (struct job){
@@ -538,12 +567,12 @@ static void schedule(struct sequence *q)
 		.staging_slot = c->staging + (uint64_t)q->slot * m->slot_bytes,
 		.staging_tokens = m->reg.staging_tokens,
 		.block = q->n_blocks,
-		.record = arena_ptr(s->arena, off),
+		.record = arena_ptr(c->tenant->arena, off),
 		.record_offset = off,
 		.desc = q->desc,
 		.table = q->table,
 		.seq_id = q->id,
-		.key_means = q->means_bytes ? arena_ptr(s->arena, q->means_offset) : NULL,
+		.key_means = q->means_bytes ? arena_ptr(c->tenant->arena, q->means_offset) : NULL,
 	};
 	q->job_in_flight = true;
 	c->refs++;
@@ -630,7 +659,7 @@ static XXH128_hash_t model_prefix_root(const struct client *c)
 	memcpy((uint8_t *)key + 12, &m->reg.n_layers, sizeof(m->reg.n_layers));
 	for (uint32_t l = 0; l < m->reg.n_layers; l++)
 		key[l + 1] = m->layers[l].desc;
-	h = prefix_root(c->tenant->uid, key, (m->reg.n_layers + 1) * sizeof(*key));
+	h = prefix_root(c->tenant->id, key, (m->reg.n_layers + 1) * sizeof(*key));
 	free(key);
 	return h;
 }
@@ -664,6 +693,16 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 		return reply_error(c, h->opcode, h->serial, EINVAL, "invalid model: %s", err);
 	if (r < 0)
 		return reply_error(c, h->opcode, h->serial, -r, "cannot register model: %s", strerror(-r));
+	if (!c->tenant->arena) {
+		/* Sparse: it takes memory only where blocks are written. */
+		r = arena_new(c->server->cfg->memory_budget, &c->tenant->arena);
+		if (r < 0) {
+			model_free(c->model);
+			c->model = NULL;
+			log_error_errno(r, "Failed to create the arena of tenant %s", c->tenant->name);
+			return reply_error(c, h->opcode, h->serial, -r, "cannot create the tenant's arena: %s", strerror(-r));
+		}
+	}
 	c->prefix_root = model_prefix_root(c);
 	c->slots = calloc(reg.max_sequences, sizeof(*c->slots));
 	r = c->slots ? create_staging(c) : -ENOMEM;
@@ -677,14 +716,14 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 	}
 	{
 		struct tqkv_register_reply rep = {
-			.arena_bytes = arena_size(c->server->arena),
+			.arena_bytes = arena_size(c->tenant->arena),
 			.staging_bytes = c->staging_bytes,
 			.staging_slot_bytes = c->model->slot_bytes,
 			.token_bytes = c->model->token_bytes,
 			.block_tokens = c->model->block_tokens,
 		};
 
-		fds[0] = arena_fd(c->server->arena);
+		fds[0] = arena_fd(c->tenant->arena);
 		fds[1] = c->staging_fd;
 		if (ratelimit_below(&c->server->rl))  /* clients can register at any rate */
 			log_info("client %u (pid %d): registered model %016llx, %u layers, %u bytes per token", c->id,
@@ -712,23 +751,23 @@ static int seq_create(struct client *c, struct sequence **ret)
 		return -ENOMEM;
 	q->table_bytes = (uint64_t)max_blocks * sizeof(uint64_t);
 	q->means_bytes = (uint64_t)m->mean_floats * sizeof(float);
-	if (alloc_evicting(s, sizeof(struct tqkv_seq_desc), &q->desc_offset) < 0) {
+	if (alloc_evicting(s, c->tenant, sizeof(struct tqkv_seq_desc), &q->desc_offset) < 0) {
 		free(q);
 		return -ENOSPC;
 	}
-	if (alloc_evicting(s, q->table_bytes, &q->table_offset) < 0 ||
-	    (q->means_bytes && alloc_evicting(s, q->means_bytes, &q->means_offset) < 0)) {
+	if (alloc_evicting(s, c->tenant, q->table_bytes, &q->table_offset) < 0 ||
+	    (q->means_bytes && alloc_evicting(s, c->tenant, q->means_bytes, &q->means_offset) < 0)) {
 		if (q->table_offset)
-			arena_release(s->arena, q->table_offset, q->table_bytes);
-		arena_release(s->arena, q->desc_offset, sizeof(struct tqkv_seq_desc));
+			tenant_release(s, c->tenant, q->table_offset, q->table_bytes);
+		tenant_release(s, c->tenant, q->desc_offset, sizeof(struct tqkv_seq_desc));
 		free(q);
 		return -ENOSPC;
 	}
 	q->client = c;
 	q->id = ++s->next_seq_id;
 	q->slot = slot;
-	q->desc = arena_ptr(s->arena, q->desc_offset);
-	q->table = arena_ptr(s->arena, q->table_offset);
+	q->desc = arena_ptr(c->tenant->arena, q->desc_offset);
+	q->table = arena_ptr(c->tenant->arena, q->table_offset);
 	*q->desc = (struct tqkv_seq_desc){
 		.block_table_offset = q->table_offset,
 		.max_blocks = max_blocks,
@@ -764,7 +803,7 @@ static void seq_adopt(struct sequence *q, struct cblock *const *blocks, uint64_t
 		q->table[q->n_blocks++] = blocks[i]->offset;
 	}
 	if (n && q->n_blocks == n && q->means_bytes)
-		memcpy(arena_ptr(s->arena, q->means_offset), means, q->means_bytes);
+		memcpy(arena_ptr(q->client->tenant->arena, q->means_offset), means, q->means_bytes);
 	q->n_hashed = q->n_blocks;
 	q->committed = q->n_blocks * q->client->model->block_tokens;
 	atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, q->n_blocks, memory_order_release);
@@ -1003,7 +1042,7 @@ static int do_seq_fork(struct client *c, const struct tqkv_msg_header *h, struct
 		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
 	}
 	q->blocks_cap = src->n_blocks ? src->n_blocks : 1;
-	seq_adopt(q, src->blocks, src->n_blocks, q->means_bytes ? arena_ptr(c->server->arena, src->means_offset) : NULL);
+	seq_adopt(q, src->blocks, src->n_blocks, q->means_bytes ? arena_ptr(c->tenant->arena, src->means_offset) : NULL);
 	q->n_hashed = src->n_hashed;
 	return reply_opened(c, h, q);
 }
@@ -1120,7 +1159,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		TQKV_VERSION, TQKV_PROTOCOL_VERSION, (int)getpid(),
 		(unsigned long long)((now_usec() - s->start_usec) / 1000000u), s->cfg->block_tokens,
 		s->n_clients, (unsigned long long)s->stats.clients_total,
-		(unsigned long long)s->cfg->memory_budget, (unsigned long long)arena_bytes_used(s->arena),
+		(unsigned long long)s->cfg->memory_budget, (unsigned long long)s->arena_used,
 		(unsigned long long)s->staging_bytes,
 		(unsigned long long)sequences, (unsigned long long)s->stats.sequences_total, (unsigned long long)tail,
 		(unsigned long long)s->stats.blocks_compressed, (unsigned long long)u->blocks,
@@ -1139,8 +1178,8 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 	for (struct tenant *t = s->tenants; t; t = t->next) {
 		if (!all && t != c->tenant)
 			continue;
-		fprintf(f, "# Tenant %s\nuid:%u\nclients:%u\nsequences_total:%llu\n", t->name, t->uid, t->clients,
-			(unsigned long long)t->sequences);
+		fprintf(f, "# Tenant %s\nclients:%u\nsequences_total:%llu\narena_bytes_used:%llu\n", t->name,
+			t->clients, (unsigned long long)t->sequences, (unsigned long long)t->arena_used);
 		fprintf(f, "prefix_lookups:%llu\nprefix_query_tokens:%llu\nprefix_hit_tokens:%llu\nprefix_hit_rate:%.4f\n",
 			(unsigned long long)t->prefix_lookups, (unsigned long long)t->prefix_query_tokens,
 			(unsigned long long)t->prefix_hit_tokens, ratio(t->prefix_hit_tokens, t->prefix_query_tokens));
@@ -1202,6 +1241,9 @@ static int dispatch(struct client *c, const struct tqkv_msg_header *h, const uin
 	int r;
 
 	c->server->stats.requests++;
+	/* The client may have seen blocks published that the loop has not
+	 * heard of yet: requests see at least what their sender saw. */
+	worker_collect(c->server->pool);
 	r = msg_check_request(h, c->server->cfg->limits.max_message_bytes);
 	if (r < 0) {
 		violation(c, h->opcode, h->serial, -r,
@@ -1384,19 +1426,19 @@ static void client_disconnect(struct client *c)
 	uv_close((uv_handle_t *)&c->poll, on_client_closed);
 }
 
-/* The tenant of a uid, created on first use; NULL without memory. */
-static struct tenant *tenant_of(struct server *s, uid_t uid)
+/* The tenant of a uid or gid, created on first use; NULL without memory. */
+static struct tenant *tenant_of(struct server *s, uint32_t id)
 {
 	struct tenant *t;
 
 	for (t = s->tenants; t; t = t->next)
-		if (t->uid == uid)
+		if (t->id == id)
 			return t;
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return NULL;
-	t->uid = (uint32_t)uid;
-	snprintf(t->name, sizeof(t->name), "uid:%u", (unsigned)uid);
+	t->id = (uint32_t)id;
+	snprintf(t->name, sizeof(t->name), "%s:%u", s->cfg->tenancy == TENANCY_GID ? "gid" : "uid", (unsigned)id);
 	t->next = s->tenants;
 	s->tenants = t;
 	return t;
@@ -1434,7 +1476,7 @@ static void on_listen_event(uv_poll_t *p, int status, int events)
 		c = calloc(1, sizeof(*c));
 		if (c) {
 			c->in = malloc(s->cfg->limits.max_message_bytes);
-			c->tenant = tenant_of(s, cred.uid);
+			c->tenant = tenant_of(s, s->cfg->tenancy == TENANCY_GID ? cred.gid : cred.uid);
 		}
 		if (!c || !c->in || !c->tenant || uv_poll_init(s->loop, &c->poll, fd) < 0) {
 			if (c)
@@ -1477,11 +1519,6 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 	s->start_usec = now_usec();
 	s->rl = RATELIMIT_INIT(10u * 1000000u, 20);
 	fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
-	r = arena_new(cfg->memory_budget, &s->arena);
-	if (r < 0) {
-		log_error_errno(r, "Failed to create the arena (%llu bytes)", (unsigned long long)cfg->memory_budget);
-		goto fail;
-	}
 	r = cache_new(&s->cache);
 	if (r < 0)
 		goto fail;
@@ -1499,7 +1536,6 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 	return 0;
 fail:
 	cache_free(s->cache);
-	arena_free(s->arena);
 	close(listen_fd);
 	free(s);
 	return r;
@@ -1521,11 +1557,11 @@ void server_free(struct server *s)
 		return;
 	close(s->listen_fd);
 	cache_free(s->cache);
-	arena_free(s->arena);
 	while (s->tenants) {
 		struct tenant *t = s->tenants;
 
 		s->tenants = t->next;
+		arena_free(t->arena);
 		free(t);
 	}
 	free(s);

@@ -115,11 +115,6 @@ static void run_job(struct job *j, uint8_t **scratch, size_t *scratch_size)
 	}
 	j->result = compress_block(j->model, j->staging_slot, j->staging_tokens, j->block, j->seq_id, j->key_means,
 				   j->record, *scratch);
-	if (j->result == 0) {
-		j->table[j->block] = j->record_offset;
-		/* Publishes the record and the table entry to clients. */
-		atomic_store_explicit((_Atomic uint64_t *)&j->desc->n_blocks, j->block + 1, memory_order_release);
-	}
 	j->encode_nsec = nsec_now() - t0;
 }
 
@@ -146,6 +141,13 @@ static void *worker_main(void *arg)
 		run_job(j, &scratch, &scratch_size);
 
 		pthread_mutex_lock(&p->lock);
+		if (j->result == 0) {
+			/* Publishes the record and the table entry to clients,
+			 * under the lock: whatever a client saw published,
+			 * worker_collect() then delivers. */
+			j->table[j->block] = j->record_offset;
+			atomic_store_explicit((_Atomic uint64_t *)&j->desc->n_blocks, j->block + 1, memory_order_release);
+		}
 		j->next = p->done;
 		p->done = j;
 		p->depth--;
@@ -170,6 +172,11 @@ static void deliver_done(struct worker_pool *p)
 		p->done_fn(j, p->userdata);
 		j = next;
 	}
+}
+
+void worker_collect(struct worker_pool *p)
+{
+	deliver_done(p);
 }
 
 static void on_async_closed(uv_handle_t *h)

@@ -42,6 +42,10 @@ int worker_pool_new(uv_loop_t *loop, unsigned n_threads, job_done_fn done, void 
 void worker_pool_free(struct worker_pool *p);
 void worker_submit(struct worker_pool *p, struct job *job);
 unsigned worker_queue_depth(struct worker_pool *p);
+/* Delivers the finished jobs now (the loop thread), rather than when the
+ * async wakeup comes: every block a client can see published is then
+ * known to the loop. */
+void worker_collect(struct worker_pool *p);
 
 /* Builds the block record: copies the block's rows out of staging (they are
  * the client's, so they are read exactly once), encodes every page, and

@@ -182,7 +182,18 @@ Test(prefix, sharing_is_scoped, .timeout = 60)
 	tqkv_client_free(other);
 
 	if (geteuid() == 0) {
-		/* A client of another uid: its own tenant, no hit. */
+		/* A client of another uid: its own tenant, no hit, and the arena
+		 * it maps holds none of uid 0's bytes. */
+		struct tqkv_layer_view pv;
+		size_t psize;
+		const uint8_t *page;
+		uint8_t needle[64];
+
+		cr_assert_eq(tqkv_seq_view(s, 0, &pv), 0);
+		page = tqkv_view_page(&pv, 0, 0, 0, &psize);
+		cr_assert(page && psize > 2 * sizeof(needle));
+		memcpy(needle, page + psize / 2, sizeof(needle));
+		cr_assert_not_null(memmem(pv.arena, pv.arena_bytes, needle, sizeof(needle)));
 		cr_assert_eq(chmod(d.dir, 0755), 0);
 		cr_assert_eq(chmod(d.socket, 0777), 0);
 		pid = fork();
@@ -192,8 +203,14 @@ Test(prefix, sharing_is_scoped, .timeout = 60)
 
 			if (setgid(65534) < 0 || setuid(65534) < 0)
 				_exit(3);
+			struct tqkv_layer_view uv;
+
 			o = connect_model(d.socket, &test_model);
-			_exit(run_prompt(o, 3, 8, 300, 0, &u) == 0 ? 0 : 4);
+			if (run_prompt(o, 3, 9, 300, 0, &u) != 0)
+				_exit(4);
+			if (tqkv_seq_view(u, 0, &uv) < 0 || memmem(uv.arena, uv.arena_bytes, needle, sizeof(needle)))
+				_exit(5);
+			_exit(0);
 		}
 		cr_assert_eq(waitpid(pid, &status, 0), pid);
 		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "uid 65534 attached uid 0's blocks: %#x", status);
@@ -222,7 +239,8 @@ Test(prefix, fork_and_trim, .timeout = 60)
 	cr_assert_eq(tqkv_seq_published(f), 192);
 	cr_assert_eq(tqkv_seq_view(s, 0, &v1), 0);
 	cr_assert_eq(tqkv_seq_view(f, 0, &v2), 0);
-	cr_assert_eq(tqkv_view_page(&v1, 2, 1, 0, NULL), tqkv_view_page(&v2, 2, 1, 0, NULL), "fork copied a block");
+	cr_assert_eq(tqkv_view_page(&v1, 2, 1, 0, NULL), tqkv_view_page(&v2, 2, 1, 0, NULL), "fork copied a block: %p %p %llu %llu",
+		     tqkv_view_page(&v1, 2, 1, 0, NULL), tqkv_view_page(&v2, 2, 1, 0, NULL), (unsigned long long)v1.n_blocks, (unsigned long long)v2.n_blocks);
 	check_tokens(f, 11, 200);
 
 	cr_assert_eq(tqkv_seq_trim(f, 150, &kept), 0, "%s", tqkv_client_error(c));
@@ -281,6 +299,31 @@ Test(prefix, eviction_spares_pinned_blocks, .timeout = 90)
 	cr_assert_eq(run_prompt(c, 200 + 23, 200 + 23, 640, 0, &s), 0, "flush left a block");
 	cr_assert_eq(tqkv_seq_close(s), 0);
 	check_tokens(pinned, 100, 640);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* A tenant over its quota evicts its own cached blocks, and stays within
+ * the quota while the budget has room. */
+Test(prefix, tenant_quota, .timeout = 60)
+{
+	const char *extra[] = { "--set", "tenant_quota=2M", "--set", "max_tokens_per_sequence=4096", NULL };
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+	char *text;
+
+	daemon_start(&d, extra);
+	c = connect_model(d.socket, &test_model);
+	for (uint32_t i = 0; i < 12; i++) {
+		cr_assert_eq(run_prompt(c, 300 + i, 300 + i, 640, 0, &s), 0);
+		cr_assert_eq(tqkv_seq_close(s), 0);
+	}
+	cr_assert_gt(daemon_stat(&d, "evicted_blocks"), 0);
+	cr_assert_eq(tqkv_client_stats(c, &text), 0);
+	cr_assert_leq(stats_value(strstr(text, "# Tenant"), "arena_bytes_used"), 2ll << 20);
+	free(text);
+	cr_assert_eq(run_prompt(c, 311, 311, 640, 0, &s), 576, "the newest prompt was evicted");
 	tqkv_client_free(c);
 	daemon_stop(&d);
 }
