@@ -159,13 +159,26 @@ int arena_alloc(struct arena *a, uint64_t size, uint64_t *ret_offset)
 	return 0;
 }
 
-/* Gives whole pages of a large free range back to the kernel. */
-static void discard_pages(struct arena *a, uint64_t offset, uint64_t size)
+/* Gives the kernel the pages that freeing [offset, offset + size) made
+ * whole within the free range f, once f is large: only the new pages, so
+ * freeing block after block next to each other stays cheap. */
+static void discard_pages(struct arena *a, const struct free_range *f, uint64_t offset, uint64_t size)
 {
 	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-	uint64_t start = (offset + page - 1) & ~(page - 1), end = (offset + size) & ~(page - 1);
+	uint64_t start = offset & ~(page - 1), end = (offset + size + page - 1) & ~(page - 1);
 
-	if (size >= (1u << 20) && end > start)
+	if (f->size < (1u << 20))
+		return;
+	if (f->size - size < (1u << 20)) {
+		/* Just became large: all of it. */
+		start = f->offset;
+		end = f->offset + f->size;
+	}
+	if (start < f->offset)
+		start += page;
+	if (end > f->offset + f->size)
+		end -= page;
+	if (end > start)
 		madvise(a->base + start, end - start, MADV_REMOVE);
 }
 
@@ -203,5 +216,5 @@ void arena_release(struct arena *a, uint64_t offset, uint64_t size)
 		free(f);
 		return;
 	}
-	discard_pages(a, f->offset, f->size);
+	discard_pages(a, f, offset, size);
 }

@@ -18,5 +18,6 @@ int bench_codec(const struct bench_options *o);
 int bench_append(const struct bench_options *o);
 int bench_latency(const struct bench_options *o);
 int bench_attention(const struct bench_options *o);
+int bench_prefix(const struct bench_options *o);
 
 #endif

@@ -26,6 +26,7 @@ static const struct {
 	{ "codec", bench_codec, "encode/decode throughput (vectors/s, one thread) and MSE per head_dim and kind" },
 	{ "append", bench_append, "tokens/s appended by 1 and 2 client processes (32 layers, 8 KV heads, d=128)" },
 	{ "attention", bench_attention, "decode attention: FP16 baseline vs tqkv pages, ns/token, speed-up, bandwidth" },
+	{ "prefix", bench_prefix, "prefix index lookup and LRU eviction at 100k and 1M cached blocks" },
 	{ "latency", bench_latency, "PING round trip p50/p99 next to redis-benchmark on a Unix socket" },
 };
 
