@@ -269,7 +269,8 @@ static int daemon_start(struct daemon *d)
 	if (d->pid < 0)
 		return -errno;
 	if (d->pid == 0) {
-		execlp(path, path, "--socket", d->socket, "--config", "/dev/null", "--log-level", "warning", (char *)NULL);
+		execlp(path, path, "--socket", d->socket, "--config", "/dev/null", "--state-directory", "none", "--log-level",
+		       "warning", (char *)NULL);
 		fprintf(stderr, "tqkv-llama: cannot run %s: %s\n", path, strerror(errno));
 		_exit(127);
 	}

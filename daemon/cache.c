@@ -191,6 +191,24 @@ bool cache_unref(struct cache *c, struct cblock *b)
 	return false;
 }
 
+bool cache_unref_oldest(struct cache *c, struct cblock *b)
+{
+	if (--b->refs > 0)
+		return false;
+	if (!b->indexed)
+		return true;
+	b->lru_prev = NULL;
+	b->lru_next = c->lru_head;
+	if (c->lru_head)
+		c->lru_head->lru_prev = b;
+	else
+		c->lru_tail = b;
+	c->lru_head = b;
+	b->in_lru = true;
+	count(c, b, 0, 0, 1);
+	return false;
+}
+
 struct cblock *cache_evict(struct cache *c, const struct cache_usage *only)
 {
 	struct cblock *b = c->lru_head;
@@ -216,10 +234,19 @@ const struct cache_usage *cache_usage(const struct cache *c)
 	return &c->usage;
 }
 
-XXH128_hash_t prefix_root(uint32_t tenant_id, const void *model_key, size_t model_key_size)
+void cache_for_each_indexed(const struct cache *c, void (*fn)(void *userdata, struct cblock *b), void *userdata)
 {
-	/* Seeding with the tenant keeps tenants' chains apart. */
-	return XXH3_128bits_withSeed(model_key, model_key_size, 0x74716b7600000000ull | tenant_id);
+	for (size_t i = 0; i < c->n_buckets; i++)
+		for (struct cblock *b = c->buckets[i]; b; b = b->hnext)
+			if (!b->in_lru)
+				fn(userdata, b);
+	for (struct cblock *b = c->lru_tail; b; b = b->lru_prev)
+		fn(userdata, b);
+}
+
+XXH128_hash_t prefix_root(const void *key, size_t key_size)
+{
+	return XXH3_128bits_withSeed(key, key_size, 0x74716b76u /* "tqkv" */);
 }
 
 XXH128_hash_t prefix_next(XXH128_hash_t parent, const uint32_t *tokens, uint32_t n)

@@ -37,6 +37,7 @@ struct cblock {
 	bool hashed, indexed, in_lru;
 	struct cache_usage *usage;     /* the tenant's counts */
 	float *means;                  /* block 0 of a centered model: its sequence's key means */
+	uint64_t means_bytes;
 };
 
 struct cache;
@@ -60,6 +61,9 @@ void cache_ref(struct cache *c, struct cblock *b);
  * used of the LRU list; returns true when b is unheld and not indexed: the
  * caller releases its bytes and calls cache_block_free(). */
 bool cache_unref(struct cache *c, struct cblock *b);
+/* As cache_unref(), but an unheld indexed block becomes the least
+ * recently used (loading a snapshot written most recent first). */
+bool cache_unref_oldest(struct cache *c, struct cblock *b);
 /* The least recently used unheld block (of the tenant counted in only,
  * unless NULL), taken out of the index and the list (the caller frees
  * it), or NULL. */
@@ -71,8 +75,14 @@ const struct cache_usage *cache_usage(const struct cache *c);
 /* The largest block_tokens the configuration allows. */
 #define PREFIX_BLOCK_TOKENS_MAX 4096u
 
-/* The root of a prefix chain: tenant, model fingerprint, codec policy. */
-XXH128_hash_t prefix_root(uint32_t tenant_id, const void *model_key, size_t model_key_size);
+/* Calls fn for every indexed block, the most recently used first: the
+ * held ones, then the unheld ones from the most to the least recently
+ * used (a chain's first block before its later ones). */
+void cache_for_each_indexed(const struct cache *c, void (*fn)(void *userdata, struct cblock *b), void *userdata);
+
+/* The root of a prefix chain: a key made of the tenant's name, the model
+ * fingerprint and the codec policy. */
+XXH128_hash_t prefix_root(const void *key, size_t key_size);
 /* The hash of a block: its parent's and its token ids. */
 XXH128_hash_t prefix_next(XXH128_hash_t parent, const uint32_t *tokens, uint32_t n);
 

@@ -59,6 +59,8 @@ static const struct config_key config_keys[] = {
 	{ "tenants", CONFIG_TENANCY, FIELD(tenancy), TENANCY_UID, TENANCY_GID, 0, false },
 	/* 0: no quota; the budget bounds every tenant anyway. */
 	{ "tenant_quota", CONFIG_SIZE, FIELD(tenant_quota), 0, 256 * TIB, 0, false },
+	/* Seconds; 0: only on stop.  At most a week. */
+	{ "snapshot_interval", CONFIG_U32, FIELD(snapshot_interval), 0, 7 * 86400, 0, false },
 	/* Room for a header plus a useful payload, and not so large that one
 	 * client can make the daemon buffer a lot of memory. */
 	{ "max_message_bytes", CONFIG_SIZE32, FIELD(limits.max_message_bytes), KIB, 16 * MIB, 0, false },
@@ -117,6 +119,7 @@ void config_init_defaults(struct tqkvd_config *c)
 		.block_tokens = 64,
 		.worker_threads = 1,
 		.log_level = LOG_INFO,
+		.snapshot_interval = 300,
 		.limits = {
 			.max_message_bytes = 65536,
 			.max_fds_per_message = 8,
@@ -320,6 +323,13 @@ static int config_apply(struct tqkvd_config *c, const struct config_key *k, cons
 	case CONFIG_PATH: {
 		char **s = field;
 		char *copy;
+
+		if (k->absolute && strcmp(value, "none") == 0) {
+			/* An optional directory turned off. */
+			free(*s);
+			*s = NULL;
+			return 0;
+		}
 
 		r = check_path(k, value, err, errlen);
 		if (r < 0)

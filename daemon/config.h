@@ -41,6 +41,7 @@ struct tqkvd_config {
 	int log_level;            /* syslog LOG_ERR..LOG_DEBUG, default LOG_INFO */
 	uint32_t tenancy;         /* enum tqkvd_tenancy: who shares a cache, default by uid */
 	uint64_t tenant_quota;    /* bytes one tenant may hold; 0 (default): the budget only */
+	uint32_t snapshot_interval; /* seconds between cache snapshots, 0: only on stop; default 300 */
 	struct tqkvd_limits limits;
 };
 

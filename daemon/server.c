@@ -24,6 +24,7 @@
 #include "message.h"
 #include "model.h"
 #include "server.h"
+#include "snapshot.h"
 #include "worker.h"
 
 #define OUTBUF_MAX (4u << 20)  /* unread replies before a client is dropped */
@@ -74,6 +75,9 @@ struct tenant {
 	uint64_t sequences;
 	unsigned clients;
 };
+_Static_assert(sizeof(((struct tenant *)0)->name) == SNAPSHOT_TENANT_MAX, "snapshots hold tenant names");
+_Static_assert(sizeof(((struct tenant *)0)->name) <= 2 * sizeof(struct tqkv_layer_desc),
+	       "a tenant name fits the first two descriptors of a prefix root key");
 
 #define WAITERS_MAX 64  /* deferred SEQ_WAIT replies per sequence */
 
@@ -109,6 +113,7 @@ struct server_stats {
 	uint64_t sequences_total;
 	uint64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
 	uint64_t evicted_blocks, evicted_bytes;
+	uint64_t snapshot_loaded_blocks;
 };
 
 struct server {
@@ -116,6 +121,10 @@ struct server {
 	const struct tqkvd_config *cfg;
 	int listen_fd;
 	uv_poll_t listen_poll;
+	uv_timer_t snapshot_timer;
+	uv_work_t snapshot_work;
+	struct save_job *saving;  /* a background snapshot in flight */
+	bool save_when_done;      /* stopping: save once it is done */
 	struct worker_pool *pool;
 	struct cache *cache;
 	uint64_t arena_used;  /* bytes allocated in every tenant's arena: within memory_budget */
@@ -509,10 +518,12 @@ static void on_job_done(struct job *j, void *userdata)
 		if (j->block == 0 && q->means_bytes) {
 			/* Sequences that attach this block need its means. */
 			b->means = malloc(q->means_bytes);
-			if (b->means)
+			if (b->means) {
 				memcpy(b->means, arena_ptr(c->tenant->arena, q->means_offset), q->means_bytes);
-			else
+				b->means_bytes = q->means_bytes;
+			} else {
 				q->private = true;  /* cannot be shared without them */
+			}
 		}
 		q->blocks[q->n_blocks++] = b;
 		s->stats.blocks_compressed++;
@@ -649,17 +660,18 @@ static int create_staging(struct client *c)
 static XXH128_hash_t model_prefix_root(const struct client *c)
 {
 	const struct model *m = c->model;
-	struct tqkv_layer_desc *key = calloc(m->reg.n_layers + 1, sizeof(*key));
+	struct tqkv_layer_desc *key = calloc(m->reg.n_layers + 3, sizeof(*key));
 	XXH128_hash_t h;
 
 	if (!key)
 		return (XXH128_hash_t){ 0, 0 };
-	memcpy(key, &m->reg.fingerprint, sizeof(m->reg.fingerprint));
-	memcpy((uint8_t *)key + 8, &m->block_tokens, sizeof(m->block_tokens));
-	memcpy((uint8_t *)key + 12, &m->reg.n_layers, sizeof(m->reg.n_layers));
+	memcpy(key, c->tenant->name, sizeof(c->tenant->name));
+	memcpy(key + 2, &m->reg.fingerprint, sizeof(m->reg.fingerprint));
+	memcpy((uint8_t *)(key + 2) + 8, &m->block_tokens, sizeof(m->block_tokens));
+	memcpy((uint8_t *)(key + 2) + 12, &m->reg.n_layers, sizeof(m->reg.n_layers));
 	for (uint32_t l = 0; l < m->reg.n_layers; l++)
-		key[l + 1] = m->layers[l].desc;
-	h = prefix_root(c->tenant->id, key, (m->reg.n_layers + 1) * sizeof(*key));
+		key[l + 3] = m->layers[l].desc;
+	h = prefix_root(key, (m->reg.n_layers + 3) * sizeof(*key));
 	free(key);
 	return h;
 }
@@ -1151,7 +1163,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		"# Cache\n"
 		"prefix_lookups:%llu\nprefix_query_tokens:%llu\nprefix_hit_tokens:%llu\nprefix_hit_rate:%.4f\n"
 		"blocks_indexed:%llu\nblocks_cached:%llu\nbytes_pinned:%llu\nbytes_cached:%llu\n"
-		"evicted_blocks:%llu\nevicted_bytes:%llu\n"
+		"evicted_blocks:%llu\nevicted_bytes:%llu\nsnapshot_loaded_blocks:%llu\n"
 		"# Worker\n"
 		"worker_threads:%u\nworker_queue_depth:%u\ncompress_usec_total:%llu\ncompress_failures:%llu\n"
 		"# Requests\n"
@@ -1171,6 +1183,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		(unsigned long long)u->indexed, (unsigned long long)u->lru_blocks,
 		(unsigned long long)(u->bytes - u->lru_bytes), (unsigned long long)u->lru_bytes,
 		(unsigned long long)s->stats.evicted_blocks, (unsigned long long)s->stats.evicted_bytes,
+		(unsigned long long)s->stats.snapshot_loaded_blocks,
 		s->cfg->worker_threads, worker_queue_depth(s->pool),
 		(unsigned long long)(s->stats.encode_nsec / 1000u), (unsigned long long)s->stats.compress_failures,
 		(unsigned long long)s->stats.requests, (unsigned long long)s->stats.errors,
@@ -1504,6 +1517,250 @@ static void on_listen_event(uv_poll_t *p, int status, int events)
 	}
 }
 
+/* ---- persistence ---------------------------------------------------- */
+
+/* What a snapshot writes; the blocks stay referenced (pinned) until it is
+ * written, so a background write reads only immutable bytes. */
+struct save_job {
+	struct server *server;
+	struct snapshot_block *blocks;
+	struct cblock **held;
+	size_t n, cap;
+	bool failed;
+	int result;
+	struct snapshot_result res;
+	char err[256];
+};
+
+static void save_one(void *userdata, struct cblock *b)
+{
+	struct save_job *j = userdata;
+	struct tenant *t = tenant_of_usage(b->usage);
+
+	if (j->failed)
+		return;
+	if (j->n == j->cap) {
+		size_t cap = j->cap ? 2 * j->cap : 1024;
+		struct snapshot_block *p = realloc(j->blocks, cap * sizeof(*p));
+		struct cblock **h = p ? realloc(j->held, cap * sizeof(*h)) : NULL;
+
+		if (p)
+			j->blocks = p;
+		if (!h) {
+			j->failed = true;
+			return;
+		}
+		j->held = h;
+		j->cap = cap;
+	}
+	j->blocks[j->n] = (struct snapshot_block){
+		.hash = b->hash,
+		.record = arena_ptr(t->arena, b->offset),
+		.record_bytes = b->bytes,
+		.fp16_bytes = b->fp16_bytes,
+		.means = b->means,
+		.means_bytes = b->means ? (uint32_t)b->means_bytes : 0,
+	};
+	memcpy(j->blocks[j->n].tenant, t->name, sizeof(t->name));
+	j->held[j->n++] = b;
+}
+
+/* Lists every indexed block, most recently used first, and holds them. */
+static struct save_job *save_job_new(struct server *s)
+{
+	struct save_job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return NULL;
+	j->server = s;
+	cache_for_each_indexed(s->cache, save_one, j);
+	if (j->failed) {
+		free(j->blocks);
+		free(j->held);
+		free(j);
+		return NULL;
+	}
+	for (size_t i = 0; i < j->n; i++)
+		cache_ref(s->cache, j->held[i]);
+	return j;
+}
+
+/* Lets go of the blocks; the unheld ones go back to the LRU list in the
+ * order they were listed (most recent first) as the oldest, which keeps
+ * their order. */
+static void save_job_free(struct save_job *j)
+{
+	struct server *s = j->server;
+
+	for (size_t i = 0; i < j->n; i++)
+		if (cache_unref_oldest(s->cache, j->held[i]))
+			free_block(s, j->held[i]);
+	free(j->blocks);
+	free(j->held);
+	free(j);
+}
+
+static void save_job_run(struct save_job *j)
+{
+	const struct tqkvd_config *cfg = j->server->cfg;
+
+	j->result = snapshot_write(cfg->state_dir, cfg->block_tokens, j->blocks, j->n, &j->res, j->err, sizeof(j->err));
+}
+
+static void save_job_log(const struct save_job *j, const char *when)
+{
+	if (j->result < 0) {
+		log_error_errno(j->result, "Failed to save the cache: %s", j->err);
+		return;
+	}
+	log_info("Saved %llu cached blocks (%.1f MiB) to %s/%s %sin %.3f s (%.2f GB/s)",
+		 (unsigned long long)j->res.blocks, (double)j->res.bytes / 1048576.0, j->server->cfg->state_dir,
+		 SNAPSHOT_FILE, when, j->res.seconds, j->res.seconds > 0 ? (double)j->res.bytes / j->res.seconds / 1e9 : 0.0);
+}
+
+int server_save(struct server *s)
+{
+	struct save_job *j;
+	int r;
+
+	if (!s->cfg->state_dir)
+		return 0;
+	if (s->saving) {
+		/* The background snapshot finishes first, then this one. */
+		s->save_when_done = true;
+		return 0;
+	}
+	j = save_job_new(s);
+	if (!j)
+		return log_error_errno(ENOMEM, "Failed to save the cache: out of memory");
+	save_job_run(j);
+	save_job_log(j, "");
+	r = j->result;
+	save_job_free(j);
+	return r;
+}
+
+static void on_snapshot_work(uv_work_t *w)
+{
+	save_job_run(w->data);
+}
+
+static void on_snapshot_done(uv_work_t *w, int status)
+{
+	struct save_job *j = w->data;
+	struct server *s = j->server;
+
+	if (status == 0 && j->result < 0)
+		save_job_log(j, "in the background ");
+	else if (status == 0)
+		log_debug("Saved %llu cached blocks in the background in %.3f s", (unsigned long long)j->res.blocks,
+			  j->res.seconds);
+	save_job_free(j);
+	s->saving = NULL;
+	if (s->save_when_done) {
+		s->save_when_done = false;
+		server_save(s);
+	}
+}
+
+static void on_snapshot_timer(uv_timer_t *t)
+{
+	struct server *s = t->data;
+	struct save_job *j;
+
+	if (s->saving)
+		return;
+	j = save_job_new(s);
+	if (!j)
+		return;
+	s->saving = j;
+	s->snapshot_work.data = j;
+	if (uv_queue_work(s->loop, &s->snapshot_work, on_snapshot_work, on_snapshot_done) < 0) {
+		s->saving = NULL;
+		save_job_free(j);
+	}
+}
+
+/* A tenant named in a snapshot, if the tenancy still names it so. */
+static struct tenant *tenant_by_name(struct server *s, const char *name)
+{
+	const char *kind = s->cfg->tenancy == TENANCY_GID ? "gid:" : "uid:";
+	char *end;
+	unsigned long id;
+
+	if (strncmp(name, kind, 4) != 0)
+		return NULL;
+	errno = 0;
+	id = strtoul(name + 4, &end, 10);
+	if (errno || *end || end == name + 4 || id > UINT32_MAX)
+		return NULL;
+	return tenant_of(s, (uint32_t)id);
+}
+
+static int load_one(void *userdata, const struct snapshot_block *b)
+{
+	struct server *s = userdata;
+	struct tenant *t = tenant_by_name(s, b->tenant);
+	struct cblock *blk;
+	uint64_t off;
+
+	if (!t || cache_lookup(s->cache, b->hash))
+		return -EINVAL;
+	if (!t->arena && arena_new(s->cfg->memory_budget, &t->arena) < 0)
+		return -ENOMEM;
+	/* The most recently used come first; when the budget is smaller than
+	 * the snapshot, the ones loaded before are not evicted for these. */
+	if (s->arena_used + b->record_bytes > s->cfg->memory_budget ||
+	    alloc_evicting(s, t, b->record_bytes, &off) < 0)
+		return -ENOMEM;
+	blk = cache_block_new(s->cache, &t->usage, off, b->record_bytes, b->fp16_bytes);
+	if (blk && b->means_bytes) {
+		blk->means = malloc(b->means_bytes);
+		if (blk->means) {
+			memcpy(blk->means, b->means, b->means_bytes);
+			blk->means_bytes = b->means_bytes;
+		}
+	}
+	if (!blk || (b->means_bytes && !blk->means)) {
+		if (blk)
+			cache_block_free(s->cache, blk);
+		tenant_release(s, t, off, b->record_bytes);
+		return -ENOMEM;
+	}
+	memcpy(arena_ptr(t->arena, off), b->record, b->record_bytes);
+	cache_index(s->cache, blk, b->hash);
+	cache_unref_oldest(s->cache, blk);  /* cached, held by no sequence, older than those before */
+	return 0;
+}
+
+int server_load(struct server *s)
+{
+	struct snapshot_result res;
+	char err[256];
+	int r;
+
+	if (!s->cfg->state_dir)
+		return 0;
+	r = snapshot_read(s->cfg->state_dir, s->cfg->block_tokens, load_one, s, &res, err, sizeof(err));
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0) {
+		log_warning("Ignoring the saved cache: %s", err);
+		return 0;
+	}
+	if (res.problem[0])
+		log_warning("Loaded %llu cached blocks (%.1f MiB) from %s/%s, then stopped: %s; %llu skipped",
+			    (unsigned long long)res.blocks, (double)res.bytes / 1048576.0, s->cfg->state_dir, SNAPSHOT_FILE,
+			    res.problem, (unsigned long long)res.skipped);
+	else
+		log_info("Loaded %llu cached blocks (%.1f MiB) from %s/%s in %.3f s (%.2f GB/s), %llu skipped",
+			 (unsigned long long)res.blocks, (double)res.bytes / 1048576.0, s->cfg->state_dir, SNAPSHOT_FILE,
+			 res.seconds, res.seconds > 0 ? (double)res.bytes / res.seconds / 1e9 : 0.0,
+			 (unsigned long long)res.skipped);
+	s->stats.snapshot_loaded_blocks = res.blocks;
+	return 0;
+}
+
 int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, struct server **ret)
 {
 	struct server *s = calloc(1, sizeof(*s));
@@ -1532,6 +1789,11 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 		goto fail;
 	s->listen_poll.data = s;
 	uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_event);
+	uv_timer_init(loop, &s->snapshot_timer);
+	s->snapshot_timer.data = s;
+	if (cfg->state_dir && cfg->snapshot_interval)
+		uv_timer_start(&s->snapshot_timer, on_snapshot_timer, (uint64_t)cfg->snapshot_interval * 1000u,
+			       (uint64_t)cfg->snapshot_interval * 1000u);
 	*ret = s;
 	return 0;
 fail:
@@ -1549,6 +1811,8 @@ void server_stop(struct server *s)
 	s->pool = NULL;
 	uv_poll_stop(&s->listen_poll);
 	uv_close((uv_handle_t *)&s->listen_poll, NULL);
+	uv_timer_stop(&s->snapshot_timer);
+	uv_close((uv_handle_t *)&s->snapshot_timer, NULL);
 }
 
 void server_free(struct server *s)

@@ -16,4 +16,12 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 void server_stop(struct server *s);
 void server_free(struct server *s);
 
+/* Writes the cached blocks to the state directory (after server_stop(),
+ * when every block is unheld); logs the outcome.  0 without a state
+ * directory. */
+int server_save(struct server *s);
+/* Loads the saved cache, if any, before clients come: a damaged or
+ * truncated file is reported in one log line and what is intact is kept. */
+int server_load(struct server *s);
+
 #endif

@@ -51,7 +51,8 @@ static void help(FILE *f)
 		"  -m, --memory-budget=SIZE   bytes of compressed cache (e.g. 512M, 4G; default 1G)\n"
 		"  -b, --block-tokens=N       tokens per block, a multiple of 16 (default 64)\n"
 		"  -w, --worker-threads=N     compression threads (default 1)\n"
-		"  -d, --state-directory=DIR  where snapshots go\n"
+		"  -d, --state-directory=DIR  where the cache is saved on stop and loaded on start\n"
+		"                             (\"none\": not persisted)\n"
 		"  -l, --log-level=LEVEL      err, warning, notice, info or debug (default info)\n"
 		"  -o, --set=KEY=VALUE        any configuration key (see tqkvd.conf(5))\n"
 		"  -h, --help                 show this help\n"
@@ -131,6 +132,7 @@ static void on_signal(uv_signal_t *h, int signum)
 	log_info("Received %s, stopping", strsignal(signum));
 	sd_notify(0, "STOPPING=1\nSTATUS=Stopping");
 	server_stop(d->server);
+	server_save(d->server);
 	uv_signal_stop(&d->sigterm);
 	uv_signal_stop(&d->sigint);
 	uv_close((uv_handle_t *)&d->sigterm, NULL);
@@ -278,6 +280,7 @@ int main(int argc, char **argv)
 	r = server_new(&d.loop, &cfg, listen_fd, &d.server);
 	if (r < 0)
 		goto out_loop;
+	server_load(d.server);
 	uv_signal_init(&d.loop, &d.sigterm);
 	uv_signal_init(&d.loop, &d.sigint);
 	d.sigterm.data = d.sigint.data = &d;

@@ -18,7 +18,7 @@ model=$models/selftrained-llama-hd128-20M-f16.gguf
 
 dir=$(mktemp -d /tmp/tqkv-demo.XXXXXX)
 sock=$dir/tqkvd.sock
-./build/daemon/tqkvd --socket "$sock" --config /dev/null --log-level notice &
+./build/daemon/tqkvd --socket "$sock" --config /dev/null --state-directory none --log-level notice &
 daemon=$!
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do ./build/client/tqkv --socket "$sock" ping >/dev/null 2>&1 && break; sleep 0.05; done

@@ -2,7 +2,7 @@
 # The test command of the README (and of CI): installs the dependencies,
 # builds with gcc in release mode and with ASan+UBSan, warnings as errors,
 # and runs every test in both builds; the memcheck setup runs the fast
-# suites under valgrind (not the unit-file checks: valgrind would test bash).  Ends with "tests: N passed, N failed".
+# suites under valgrind (not the shell-script tests: valgrind would test bash).  Ends with "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +49,7 @@ LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp ASAN_OPTIONS=detect_leaks=1:abort
 	meson test -C build-asan --num-processes "$jobs" --print-errorlogs || status=1
 count build-asan
 
-meson test -C build-release --setup valgrind --no-suite slow --no-suite systemd --num-processes "$jobs" --print-errorlogs || status=1
+meson test -C build-release --setup valgrind --no-suite slow --no-suite systemd --no-suite script --num-processes "$jobs" --print-errorlogs || status=1
 count build-release valgrind
 
 echo "tests: $passed passed, $failed failed"

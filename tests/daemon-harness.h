@@ -78,16 +78,17 @@ static inline void daemon_spawn(struct test_daemon *d, const char *const *argv, 
 
 /* The daemon binary's arguments for a test: private socket, small budget,
  * no system configuration. */
-#define DAEMON_ARGS(d) "--socket", (d)->socket, "--memory-budget", "256M", "--config", "/dev/null"
+#define DAEMON_ARGS(d) "--socket", (d)->socket, "--memory-budget", "256M", "--config", "/dev/null", \
+	"--state-directory", (d)->dir
 
-/* Starts tqkvd with extra arguments (NULL-terminated, may be NULL). */
-static inline void daemon_start(struct test_daemon *d, const char *const *extra)
+/* Starts tqkvd again in the same directory (socket, saved cache), with
+ * extra arguments (NULL-terminated, may be NULL). */
+static inline void daemon_restart(struct test_daemon *d, const char *const *extra)
 {
 	const char *argv[32] = { getenv("TQKVD") };
 	unsigned n = 1;
 
 	cr_assert_not_null(argv[0], "$TQKVD must name the daemon binary");
-	daemon_make_dir(d);
 	{
 		const char *base[] = { DAEMON_ARGS(d) };
 
@@ -100,8 +101,15 @@ static inline void daemon_start(struct test_daemon *d, const char *const *extra)
 	daemon_spawn(d, argv, NULL);
 }
 
-/* SIGTERM, then the exit status must be 0. */
-static inline void daemon_stop(struct test_daemon *d)
+/* Starts tqkvd in a new private directory (socket and state directory). */
+static inline void daemon_start(struct test_daemon *d, const char *const *extra)
+{
+	daemon_make_dir(d);
+	daemon_restart(d, extra);
+}
+
+/* SIGTERM, then the exit status must be 0; the directory stays. */
+static inline void daemon_terminate(struct test_daemon *d)
 {
 	int status;
 
@@ -109,7 +117,25 @@ static inline void daemon_stop(struct test_daemon *d)
 	cr_assert_eq(waitpid(d->pid, &status, 0), d->pid);
 	harness_daemon_pid = 0;
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "tqkvd exit status %#x", status);
+}
+
+/* Removes the daemon's directory and the saved cache in it. */
+static inline void daemon_remove_dir(struct test_daemon *d)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), "%s/cache.snapshot", d->dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/cache.snapshot.tmp", d->dir);
+	unlink(path);
 	rmdir(d->dir);
+}
+
+/* SIGTERM, then the exit status must be 0; removes the directory. */
+static inline void daemon_stop(struct test_daemon *d)
+{
+	daemon_terminate(d);
+	daemon_remove_dir(d);
 }
 
 static inline int count_fds(pid_t pid)

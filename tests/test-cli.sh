@@ -10,7 +10,7 @@ set -euo pipefail
 tqkv=$1 tqkvd=$2 demo=$3
 fail() { echo "FAIL: $*" >&2; exit 1; }
 dir=$(mktemp -d)
-"$tqkvd" --socket "$dir/s" --config /dev/null --log-level warning & dpid=$!
+"$tqkvd" --socket "$dir/s" --config /dev/null --state-directory none --log-level warning & dpid=$!
 trap 'kill $dpid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do "$tqkv" -s "$dir/s" ping >/dev/null 2>&1 && break; sleep 0.05; done
 export TQKV_SOCKET=$dir/s

@@ -582,7 +582,7 @@ Test(config, example_config_lists_every_key_at_its_default)
 	fclose(f);
 	fclose(out);
 	free(line);
-	cr_assert_eq(n_keys, 16, "%s lists %u settings", path, n_keys);
+	cr_assert_eq(n_keys, 17, "%s lists %u settings", path, n_keys);
 
 	config_init_defaults(&c);
 	config_init_defaults(&d);

@@ -61,7 +61,7 @@ Test(sd_daemon, notify_ready_watchdog_stopping, .timeout = 60)
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %#x", status);
 	close(sock);
 	unlink(sa.sun_path);
-	rmdir(d.dir);
+	daemon_remove_dir(&d);
 }
 
 /* systemd-socket-activate listens, and execs tqkvd with the socket on the
@@ -79,7 +79,7 @@ Test(sd_daemon, socket_activation, .timeout = 60)
 	{
 		/* --socket points elsewhere: an activated daemon must ignore it. */
 		const char *argv[] = { activate, "-l", d.socket, getenv("TQKVD"), "--socket", "/nonexistent/x.sock",
-				       "--memory-budget", "64M", "--config", "/dev/null", NULL };
+				       "--memory-budget", "64M", "--config", "/dev/null", "--state-directory", "none", NULL };
 
 		daemon_spawn(&d, argv, NULL);
 	}

@@ -39,7 +39,7 @@ awk -v t="$top1" 'BEGIN { exit !(t > 0.9) }' || fail "top-1 agreement $top1 at 4
 
 if [ -n "$tqkv" ]; then
 	dir=$(mktemp -d)
-	"$TQKVD" --socket "$dir/s" --config /dev/null --log-level warning & dpid=$!
+	"$TQKVD" --socket "$dir/s" --config /dev/null --state-directory none --log-level warning & dpid=$!
 	trap 'kill $dpid 2>/dev/null; rm -rf "$dir"' EXIT
 	for _ in $(seq 100); do "$tqkv" -s "$dir/s" ping >/dev/null 2>&1 && break; sleep 0.05; done
 	prompt="The access code of the north door is 4721. $(head -c 3000 "$models/docs_val_200k.txt" | tr '\n' ' ') Question: what is the access code of the north door? Answer: the access code is"

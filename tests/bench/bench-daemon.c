@@ -70,7 +70,7 @@ int bench_daemon_up(struct bench_daemon *d, const char *workers, const char *bud
 	snprintf(d->socket, sizeof(d->socket), "%s/tqkvd.sock", d->dir);
 	d->pid = fork();
 	if (d->pid == 0) {
-		execl(bin, "tqkvd", "--socket", d->socket, "--config", "/dev/null", "--memory-budget", budget,
+		execl(bin, "tqkvd", "--socket", d->socket, "--config", "/dev/null", "--state-directory", "none", "--memory-budget", budget,
 		      "--worker-threads", workers, "--log-level", "warning", (char *)NULL);
 		_exit(127);
 	}

@@ -37,7 +37,7 @@ static int run_size(uint64_t n_blocks, const struct bench_options *o)
 	const uint64_t chain_len = 1000, n_chains = n_blocks / chain_len;
 	struct cache *c;
 	struct arena *a;
-	XXH128_hash_t root = prefix_root(0, "bench", 5), h;
+	XXH128_hash_t root = prefix_root("bench", 5), h;
 	uint64_t seed = 1, found = 0, lookups = o->quick ? 200000 : 2000000, evicted = 0;
 	double t0, t_insert, t_hash, t_lookup, t_evict;
 	int r;

@@ -1,0 +1,434 @@
+/* SPDX-License-Identifier: MIT */
+/* Cache snapshots with io_uring (snapshot.h, docs/SNAPSHOT.md). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <liburing.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "snapshot.h"
+
+#define SNAPSHOT_MAGIC "TQKVSNAP"
+#define SNAPSHOT_VERSION 1u
+#define RECORD_MAGIC 0x4b4c4253u /* "SBLK" */
+#define QUEUE_DEPTH 64u
+#define READ_CHUNK (16u << 20)
+#define RECORD_BYTES_MAX (1ull << 30)
+#define MEANS_BYTES_MAX (1u << 24)
+
+struct snap_header {
+	char magic[8];
+	uint32_t version;
+	uint32_t header_bytes;
+	uint32_t record_header_bytes;
+	uint32_t block_tokens;
+	uint64_t created_usec;     /* CLOCK_REALTIME */
+	uint64_t n_records;
+	uint64_t data_bytes;       /* bytes after this header */
+	uint8_t reserved[12];
+	uint32_t crc;              /* CRC-32C of the bytes before it */
+};
+_Static_assert(sizeof(struct snap_header) == 64, "snapshot header is 64 bytes");
+
+struct snap_record {
+	uint32_t magic;
+	uint32_t means_bytes;
+	char tenant[SNAPSHOT_TENANT_MAX];
+	uint64_t hash_low, hash_high;
+	uint64_t record_bytes;
+	uint64_t fp16_bytes;
+	uint32_t payload_crc;      /* the record bytes, then the means */
+	uint8_t reserved[20];
+	uint32_t crc;              /* CRC-32C of the bytes before it */
+};
+_Static_assert(sizeof(struct snap_record) == 96, "snapshot record header is 96 bytes");
+
+static int fail(char *err, size_t errlen, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static double now_sec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Waits for one completion; returns its result (bytes or -errno) and the
+ * request's expected length through user_data. */
+static int reap(struct io_uring *ring, uint64_t *ret_expected)
+{
+	struct io_uring_cqe *cqe;
+	int r = io_uring_wait_cqe(ring, &cqe);
+
+	if (r < 0)
+		return r;
+	r = cqe->res;
+	*ret_expected = io_uring_cqe_get_data64(cqe);
+	io_uring_cqe_seen(ring, cqe);
+	return r;
+}
+
+/* Queues a write of iov at offset, reaping a completion first when
+ * QUEUE_DEPTH requests are in flight (queued or submitted, not reaped). */
+static int queue_write(struct io_uring *ring, int fd, const struct iovec *iov, unsigned n_iov, uint64_t offset,
+		       uint64_t len, unsigned *in_flight)
+{
+	struct io_uring_sqe *sqe;
+
+	if (*in_flight >= QUEUE_DEPTH) {
+		uint64_t want;
+		int r;
+
+		io_uring_submit(ring);
+		r = reap(ring, &want);
+		(*in_flight)--;
+		if (r < 0)
+			return r;
+		if ((uint64_t)r != want)
+			return -EIO;  /* a short write: the disk is full */
+	}
+	sqe = io_uring_get_sqe(ring);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_writev(sqe, fd, iov, n_iov, offset);
+	io_uring_sqe_set_data64(sqe, len);
+	(*in_flight)++;
+	return 0;
+}
+
+static int drain(struct io_uring *ring, unsigned *in_flight)
+{
+	int first_error = 0;
+
+	io_uring_submit(ring);
+	while (*in_flight) {
+		uint64_t want;
+		int r = reap(ring, &want);
+
+		(*in_flight)--;
+		if (!first_error && r < 0)
+			first_error = r;
+		else if (!first_error && (uint64_t)r != want)
+			first_error = -EIO;
+	}
+	return first_error;
+}
+
+static void record_header(const struct snapshot_block *b, struct snap_record *h)
+{
+	uint32_t crc = crc32c(0, b->record, b->record_bytes);
+
+	*h = (struct snap_record){
+		.magic = RECORD_MAGIC,
+		.means_bytes = b->means ? b->means_bytes : 0,
+		.hash_low = b->hash.low64,
+		.hash_high = b->hash.high64,
+		.record_bytes = b->record_bytes,
+		.fp16_bytes = b->fp16_bytes,
+	};
+	memcpy(h->tenant, b->tenant, SNAPSHOT_TENANT_MAX);
+	h->tenant[SNAPSHOT_TENANT_MAX - 1] = 0;
+	h->payload_crc = h->means_bytes ? crc32c(crc, b->means, h->means_bytes) : crc;
+	h->crc = crc32c(0, h, offsetof(struct snap_record, crc));
+}
+
+int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot_block *blocks, size_t n,
+		   struct snapshot_result *res, char *err, size_t errlen)
+{
+	char path[PATH_MAX], tmp[PATH_MAX];
+	struct snap_header hdr = { .magic = SNAPSHOT_MAGIC };
+	struct snap_record *recs = calloc(n ? n : 1, sizeof(*recs));
+	struct iovec *iov = calloc(3 * n + 1, sizeof(*iov));
+	struct io_uring ring;
+	struct timespec ts;
+	uint64_t offset = sizeof(hdr), bytes = 0;
+	unsigned in_flight = 0;
+	double t0 = now_sec();
+	int fd = -1, dfd, r;
+
+	*res = (struct snapshot_result){ 0 };
+	if (!recs || !iov) {
+		free(recs);
+		free(iov);
+		return fail(err, errlen, -ENOMEM, "out of memory");
+	}
+	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_FILE);
+	snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, SNAPSHOT_FILE);
+	r = io_uring_queue_init(QUEUE_DEPTH, &ring, 0);
+	if (r < 0) {
+		free(recs);
+		free(iov);
+		return fail(err, errlen, r, "io_uring_queue_init: %s", strerror(-r));
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		r = fail(err, errlen, -errno, "cannot create %s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const struct snapshot_block *b = &blocks[i];
+		uint64_t len;
+		unsigned k = 0;
+
+		record_header(b, &recs[i]);
+		iov[3 * i + k++] = (struct iovec){ &recs[i], sizeof(recs[i]) };
+		iov[3 * i + k++] = (struct iovec){ (void *)b->record, b->record_bytes };
+		if (recs[i].means_bytes)
+			iov[3 * i + k++] = (struct iovec){ (void *)b->means, recs[i].means_bytes };
+		len = sizeof(recs[i]) + b->record_bytes + recs[i].means_bytes;
+		r = queue_write(&ring, fd, &iov[3 * i], k, offset, len, &in_flight);
+		if (r < 0)
+			break;
+		offset += len;
+		bytes += b->record_bytes;
+	}
+	if (r >= 0) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		hdr.version = SNAPSHOT_VERSION;
+		hdr.header_bytes = sizeof(hdr);
+		hdr.record_header_bytes = sizeof(struct snap_record);
+		hdr.block_tokens = block_tokens;
+		hdr.created_usec = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+		hdr.n_records = n;
+		hdr.data_bytes = offset - sizeof(hdr);
+		hdr.crc = crc32c(0, &hdr, offsetof(struct snap_header, crc));
+		iov[3 * n] = (struct iovec){ &hdr, sizeof(hdr) };
+		r = queue_write(&ring, fd, &iov[3 * n], 1, 0, sizeof(hdr), &in_flight);
+	}
+	{
+		int d = drain(&ring, &in_flight);
+
+		if (r >= 0)
+			r = d;
+	}
+	if (r >= 0) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+		uint64_t want;
+
+		io_uring_prep_fsync(sqe, fd, 0);
+		io_uring_sqe_set_data64(sqe, 0);
+		io_uring_submit(&ring);
+		r = reap(&ring, &want);
+	}
+	if (r < 0) {
+		fail(err, errlen, r, "cannot write %s: %s", tmp, strerror(-r));
+		unlink(tmp);
+		goto out;
+	}
+	if (rename(tmp, path) < 0) {
+		r = fail(err, errlen, -errno, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+		unlink(tmp);
+		goto out;
+	}
+	/* The rename itself must survive a crash. */
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	res->blocks = n;
+	res->bytes = bytes;
+	res->seconds = now_sec() - t0;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	io_uring_queue_exit(&ring);
+	free(recs);
+	free(iov);
+	return r;
+}
+
+/* A sequential reader: a buffer refilled from the file with io_uring. */
+struct reader {
+	struct io_uring ring;
+	int fd;
+	uint64_t file_size, file_pos;  /* next byte to read from the file */
+	uint8_t *buf;
+	size_t cap, start, end;        /* unparsed bytes: buf[start, end) */
+};
+
+/* Makes at least k unparsed bytes available; -ENODATA at end of file. */
+static int reader_need(struct reader *rd, size_t k)
+{
+	while (rd->end - rd->start < k) {
+		struct io_uring_sqe *sqe;
+		uint64_t want, len;
+		int r;
+
+		if (rd->file_pos >= rd->file_size)
+			return -ENODATA;
+		if (rd->start) {
+			memmove(rd->buf, rd->buf + rd->start, rd->end - rd->start);
+			rd->end -= rd->start;
+			rd->start = 0;
+		}
+		if (rd->cap < k) {
+			uint8_t *p = realloc(rd->buf, k);
+
+			if (!p)
+				return -ENOMEM;
+			rd->buf = p;
+			rd->cap = k;
+		}
+		len = rd->cap - rd->end;
+		if (len > rd->file_size - rd->file_pos)
+			len = rd->file_size - rd->file_pos;
+		sqe = io_uring_get_sqe(&rd->ring);
+		io_uring_prep_read(sqe, rd->fd, rd->buf + rd->end, (unsigned)len, rd->file_pos);
+		io_uring_sqe_set_data64(sqe, len);
+		io_uring_submit(&rd->ring);
+		r = reap(&rd->ring, &want);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			return -ENODATA;
+		rd->end += (size_t)r;
+		rd->file_pos += (uint64_t)r;
+	}
+	return 0;
+}
+
+static const char *check_record(const struct snap_record *h, uint64_t left)
+{
+	if (h->magic != RECORD_MAGIC)
+		return "bad record magic";
+	if (crc32c(0, h, offsetof(struct snap_record, crc)) != h->crc)
+		return "record header checksum mismatch";
+	if (h->record_bytes == 0 || h->record_bytes > RECORD_BYTES_MAX || h->means_bytes > MEANS_BYTES_MAX ||
+	    h->means_bytes % sizeof(float) || memchr(h->tenant, 0, sizeof(h->tenant)) == NULL)
+		return "record header out of range";
+	if (h->record_bytes + h->means_bytes > left)
+		return "record runs past the end of the file";
+	return NULL;
+}
+
+int snapshot_read(const char *dir, uint32_t block_tokens, snapshot_take_fn take, void *userdata,
+		  struct snapshot_result *res, char *err, size_t errlen)
+{
+	char path[PATH_MAX];
+	struct reader rd = { .fd = -1 };
+	struct snap_header hdr;
+	struct stat st;
+	double t0 = now_sec();
+	uint64_t n = 0;
+	int r;
+
+	*res = (struct snapshot_result){ 0 };
+	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_FILE);
+	rd.fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (rd.fd < 0)
+		return errno == ENOENT ? -ENOENT : fail(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+	r = io_uring_queue_init(4, &rd.ring, 0);
+	if (r < 0) {
+		close(rd.fd);
+		return fail(err, errlen, r, "io_uring_queue_init: %s", strerror(-r));
+	}
+	if (fstat(rd.fd, &st) < 0) {
+		r = fail(err, errlen, -errno, "cannot stat %s: %s", path, strerror(errno));
+		goto out;
+	}
+	rd.file_size = (uint64_t)st.st_size;
+	rd.cap = READ_CHUNK;
+	rd.buf = malloc(rd.cap);
+	if (!rd.buf) {
+		r = fail(err, errlen, -ENOMEM, "out of memory");
+		goto out;
+	}
+	r = reader_need(&rd, sizeof(hdr));
+	if (r < 0) {
+		r = fail(err, errlen, -EINVAL, "%s: %s", path, r == -ENODATA ? "shorter than its header" : strerror(-r));
+		goto out;
+	}
+	memcpy(&hdr, rd.buf, sizeof(hdr));
+	rd.start = sizeof(hdr);
+	if (memcmp(hdr.magic, SNAPSHOT_MAGIC, 8) || crc32c(0, &hdr, offsetof(struct snap_header, crc)) != hdr.crc) {
+		r = fail(err, errlen, -EINVAL, "%s: not a tqkv snapshot, or its header is damaged", path);
+		goto out;
+	}
+	if (hdr.version != SNAPSHOT_VERSION || hdr.header_bytes != sizeof(hdr) ||
+	    hdr.record_header_bytes != sizeof(struct snap_record)) {
+		r = fail(err, errlen, -EINVAL, "%s: snapshot version %u, this daemon reads version %u", path, hdr.version,
+			 SNAPSHOT_VERSION);
+		goto out;
+	}
+	if (hdr.block_tokens != block_tokens) {
+		r = fail(err, errlen, -EINVAL, "%s: blocks of %u tokens, the daemon is configured for %u", path,
+			 hdr.block_tokens, block_tokens);
+		goto out;
+	}
+	for (r = 0; n < hdr.n_records; n++) {
+		struct snap_record h;
+		struct snapshot_block b;
+		const uint8_t *payload;
+		const char *bad;
+		uint64_t left = rd.file_size - (rd.file_pos - (rd.end - rd.start));
+
+		if (reader_need(&rd, sizeof(h)) < 0) {
+			snprintf(res->problem, sizeof(res->problem), "truncated after %llu of %llu records",
+				 (unsigned long long)n, (unsigned long long)hdr.n_records);
+			break;
+		}
+		memcpy(&h, rd.buf + rd.start, sizeof(h));
+		bad = check_record(&h, left - sizeof(h));
+		if (bad) {
+			snprintf(res->problem, sizeof(res->problem), "record %llu: %s", (unsigned long long)n, bad);
+			break;
+		}
+		r = reader_need(&rd, sizeof(h) + h.record_bytes + h.means_bytes);
+		if (r < 0) {
+			snprintf(res->problem, sizeof(res->problem), "record %llu: %s", (unsigned long long)n,
+				 r == -ENODATA ? "truncated" : strerror(-r));
+			r = 0;
+			break;
+		}
+		payload = rd.buf + rd.start + sizeof(h);
+		if (crc32c(0, payload, h.record_bytes + h.means_bytes) != h.payload_crc) {
+			snprintf(res->problem, sizeof(res->problem), "record %llu: checksum mismatch", (unsigned long long)n);
+			break;
+		}
+		b = (struct snapshot_block){
+			.hash = { .low64 = h.hash_low, .high64 = h.hash_high },
+			.record = payload,
+			.record_bytes = h.record_bytes,
+			.fp16_bytes = h.fp16_bytes,
+			.means = h.means_bytes ? (const float *)(payload + h.record_bytes) : NULL,
+			.means_bytes = h.means_bytes,
+		};
+		memcpy(b.tenant, h.tenant, sizeof(b.tenant));
+		if (take(userdata, &b) == 0) {
+			res->blocks++;
+			res->bytes += h.record_bytes;
+		} else {
+			res->skipped++;
+		}
+		rd.start += sizeof(h) + h.record_bytes + h.means_bytes;
+	}
+	res->seconds = now_sec() - t0;
+	r = 0;
+out:
+	io_uring_queue_exit(&rd.ring);
+	close(rd.fd);
+	free(rd.buf);
+	return r;
+}

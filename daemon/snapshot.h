@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Cache snapshots (docs/SNAPSHOT.md): the indexed blocks of every tenant
+ * written to one file with io_uring, and read back at start.  The file is
+ * self-describing and versioned; every header and every record carries a
+ * CRC-32C; it is written under a temporary name, synced and renamed, so a
+ * crash mid-write leaves the previous snapshot.  Reading stops at the
+ * first damaged record and keeps the ones before it.  No server structures
+ * here: blocks come and go through the records and a callback.
+ */
+#ifndef TQKVD_SNAPSHOT_H
+#define TQKVD_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <xxhash.h>
+
+#define SNAPSHOT_FILE "cache.snapshot"
+#define SNAPSHOT_TENANT_MAX 24  /* bytes of a tenant name, NUL included */
+
+/* One block as the daemon holds it. */
+struct snapshot_block {
+	char tenant[SNAPSHOT_TENANT_MAX];
+	XXH128_hash_t hash;
+	const void *record;        /* the block record (header, page table, pages) */
+	uint64_t record_bytes;
+	uint64_t fp16_bytes;       /* for the stats */
+	const float *means;        /* key means (the first block of a centered chain), or NULL */
+	uint32_t means_bytes;
+};
+
+struct snapshot_result {
+	uint64_t blocks, bytes;    /* written, or read and taken */
+	uint64_t skipped;          /* read but refused by the callback (no memory, ...) */
+	double seconds;
+	char problem[160];         /* reading: what stopped it early ("" if nothing) */
+};
+
+/* Writes n blocks to dir/SNAPSHOT_FILE.  Returns 0 or a negative errno
+ * with a message in err. */
+int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot_block *blocks, size_t n,
+		   struct snapshot_result *res, char *err, size_t errlen);
+
+/* Receives one intact record; b->record and b->means point into a buffer
+ * valid during the call (not aligned: copy them).  Returns 0 when taken,
+ * < 0 to skip it. */
+typedef int (*snapshot_take_fn)(void *userdata, const struct snapshot_block *b);
+
+/*
+ * Reads dir/SNAPSHOT_FILE.  -ENOENT if there is none.  A file of another
+ * block size, a damaged header or an unknown version: -EINVAL with the
+ * reason in err, nothing taken.  A damaged or truncated record: the
+ * records before it are taken, res->problem says what was wrong, and the
+ * call returns 0.
+ */
+int snapshot_read(const char *dir, uint32_t block_tokens, snapshot_take_fn take, void *userdata,
+		  struct snapshot_result *res, char *err, size_t errlen);
+
+#endif
