@@ -38,6 +38,8 @@ struct cblock {
 	struct cache_usage *usage;     /* the tenant's counts */
 	float *means;                  /* block 0 of a centered model: its sequence's key means */
 	uint64_t means_bytes;
+	uint64_t dir_slot;             /* its entry in the tenant's directory + 1, or 0 */
+	uint64_t means_arena_offset, means_arena_bytes;  /* the means' copy in the arena (directory) */
 };
 
 struct cache;

@@ -16,10 +16,14 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "arena.h"
 #include "cache.h"
+#include "directory.h"
 #include "log.h"
 #include "message.h"
 #include "model.h"
@@ -70,6 +74,8 @@ struct tenant {
 	char name[24];
 	struct arena *arena;  /* created when its first client registers a model */
 	uint64_t arena_used;  /* bytes allocated in it */
+	struct directory *dir;  /* its indexed blocks, when parked in the fd store */
+	char fd_names[2][64];   /* FDNAME= of the arena and the directory */
 	struct cache_usage usage;
 	uint64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
 	uint64_t sequences;
@@ -114,6 +120,7 @@ struct server_stats {
 	uint64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
 	uint64_t evicted_blocks, evicted_bytes;
 	uint64_t snapshot_loaded_blocks;
+	uint64_t fdstore_adopted_blocks;
 };
 
 struct server {
@@ -125,6 +132,7 @@ struct server {
 	uv_work_t snapshot_work;
 	struct save_job *saving;  /* a background snapshot in flight */
 	bool save_when_done;      /* stopping: save once it is done */
+	bool fdstore;             /* park tenant memfds in systemd's fd store */
 	struct worker_pool *pool;
 	struct cache *cache;
 	uint64_t arena_used;  /* bytes allocated in every tenant's arena: within memory_budget */
@@ -138,6 +146,7 @@ struct server {
 };
 
 static void client_disconnect(struct client *c);
+static int tenant_create_arena(struct server *s, struct tenant *t);
 static void schedule(struct sequence *q);
 static void on_client_event(uv_poll_t *p, int status, int events);
 
@@ -310,7 +319,13 @@ static void tenant_release(struct server *s, struct tenant *t, uint64_t offset, 
 
 static void free_block(struct server *s, struct cblock *b)
 {
-	tenant_release(s, tenant_of_usage(b->usage), b->offset, b->bytes);
+	struct tenant *t = tenant_of_usage(b->usage);
+
+	if (b->dir_slot)
+		directory_clear(t->dir, b->dir_slot);
+	if (b->means_arena_bytes)
+		tenant_release(s, t, b->means_arena_offset, b->means_arena_bytes);
+	tenant_release(s, t, b->offset, b->bytes);
 	cache_block_free(s->cache, b);
 	s->stats.blocks_freed++;
 }
@@ -363,6 +378,27 @@ static void drop_blocks(struct server *s, struct sequence *q, uint64_t from)
 		q->n_hashed = q->n_blocks;
 }
 
+/* Indexes b; with the fd store, also in its tenant's directory, its key
+ * means copied into the arena so that a restarted daemon finds them. */
+static void index_block(struct server *s, struct cblock *b, XXH128_hash_t hash)
+{
+	struct tenant *t = tenant_of_usage(b->usage);
+	struct dir_entry e;
+
+	if (!cache_index(s->cache, b, hash) || !t->dir)
+		return;
+	e = (struct dir_entry){ .hash = hash, .offset = b->offset, .bytes = b->bytes, .fp16_bytes = b->fp16_bytes };
+	if (b->means) {
+		if (alloc_evicting(s, t, b->means_bytes, &b->means_arena_offset) < 0)
+			return;
+		b->means_arena_bytes = b->means_bytes;
+		memcpy(arena_ptr(t->arena, b->means_arena_offset), b->means, b->means_bytes);
+		e.means_offset = b->means_arena_offset;
+		e.means_bytes = (uint32_t)b->means_bytes;
+	}
+	b->dir_slot = directory_put(t->dir, &e);
+}
+
 /* Room for one more block in q->blocks. */
 static int reserve_block(struct sequence *q)
 {
@@ -390,7 +426,7 @@ static void hash_blocks(struct server *s, struct sequence *q)
 		XXH128_hash_t parent = q->n_hashed ? q->blocks[q->n_hashed - 1]->hash : q->client->prefix_root;
 
 		if (!b->hashed)
-			cache_index(s->cache, b, prefix_next(parent, q->ids + q->n_hashed * B, B));
+			index_block(s, b, prefix_next(parent, q->ids + q->n_hashed * B, B));
 		q->n_hashed++;
 	}
 }
@@ -707,7 +743,7 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 		return reply_error(c, h->opcode, h->serial, -r, "cannot register model: %s", strerror(-r));
 	if (!c->tenant->arena) {
 		/* Sparse: it takes memory only where blocks are written. */
-		r = arena_new(c->server->cfg->memory_budget, &c->tenant->arena);
+		r = tenant_create_arena(c->server, c->tenant);
 		if (r < 0) {
 			model_free(c->model);
 			c->model = NULL;
@@ -1163,7 +1199,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		"# Cache\n"
 		"prefix_lookups:%llu\nprefix_query_tokens:%llu\nprefix_hit_tokens:%llu\nprefix_hit_rate:%.4f\n"
 		"blocks_indexed:%llu\nblocks_cached:%llu\nbytes_pinned:%llu\nbytes_cached:%llu\n"
-		"evicted_blocks:%llu\nevicted_bytes:%llu\nsnapshot_loaded_blocks:%llu\n"
+		"evicted_blocks:%llu\nevicted_bytes:%llu\nsnapshot_loaded_blocks:%llu\nfdstore_adopted_blocks:%llu\n"
 		"# Worker\n"
 		"worker_threads:%u\nworker_queue_depth:%u\ncompress_usec_total:%llu\ncompress_failures:%llu\n"
 		"# Requests\n"
@@ -1183,7 +1219,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		(unsigned long long)u->indexed, (unsigned long long)u->lru_blocks,
 		(unsigned long long)(u->bytes - u->lru_bytes), (unsigned long long)u->lru_bytes,
 		(unsigned long long)s->stats.evicted_blocks, (unsigned long long)s->stats.evicted_bytes,
-		(unsigned long long)s->stats.snapshot_loaded_blocks,
+		(unsigned long long)s->stats.snapshot_loaded_blocks, (unsigned long long)s->stats.fdstore_adopted_blocks,
 		s->cfg->worker_threads, worker_queue_depth(s->pool),
 		(unsigned long long)(s->stats.encode_nsec / 1000u), (unsigned long long)s->stats.compress_failures,
 		(unsigned long long)s->stats.requests, (unsigned long long)s->stats.errors,
@@ -1697,40 +1733,205 @@ static struct tenant *tenant_by_name(struct server *s, const char *name)
 	return tenant_of(s, (uint32_t)id);
 }
 
+/* Gives the tenant its arena; with the fd store, parks the arena and a
+ * new directory there. */
+static int tenant_create_arena(struct server *s, struct tenant *t)
+{
+	int r = arena_new(s->cfg->memory_budget, &t->arena);
+
+	if (r < 0)
+		return r;
+	if (!s->fdstore)
+		return 0;
+	r = directory_new(arena_size(t->arena), &t->dir);
+	for (unsigned i = 0; r >= 0 && i < 2; i++) {
+		char msg[96];
+		int fd = i ? directory_fd(t->dir) : arena_fd(t->arena);
+		char *p;
+
+		/* FDNAME= may not hold ':'; the start time keeps names unique
+		 * across restarts. */
+		snprintf(t->fd_names[i], sizeof(t->fd_names[i]), "%s-%s-%llu", i ? "dir" : "arena", t->name,
+			 (unsigned long long)s->start_usec);
+		for (p = t->fd_names[i]; *p; p++)
+			if (*p == ':')
+				*p = '_';
+		snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", t->fd_names[i]);
+		r = sd_pid_notify_with_fds(0, 0, msg, &fd, 1);
+		if (r == 0)
+			r = -ENOTCONN;
+	}
+	if (r < 0) {
+		log_warning_errno(r, "Failed to park the memory of tenant %s in the fd store; a crash loses its cache",
+				  t->name);
+		directory_free(t->dir);
+		t->dir = NULL;
+	}
+	return 0;
+}
+
+/* A block from a snapshot or from a crashed daemon's arena, copied into
+ * the tenant's arena as a cached, unheld block older than those before. */
+static int restore_block(struct server *s, struct tenant *t, XXH128_hash_t hash, const void *record, uint64_t bytes,
+			 uint64_t fp16_bytes, const void *means, uint32_t means_bytes)
+{
+	struct cblock *blk;
+	uint64_t off;
+
+	if (cache_lookup(s->cache, hash))
+		return -EEXIST;
+	if (!t->arena && tenant_create_arena(s, t) < 0)
+		return -ENOMEM;
+	/* Those restored first are the most recently used: never evict them
+	 * for the ones after. */
+	if (s->arena_used + bytes > s->cfg->memory_budget || alloc_evicting(s, t, bytes, &off) < 0)
+		return -ENOMEM;
+	blk = cache_block_new(s->cache, &t->usage, off, bytes, fp16_bytes);
+	if (blk && means_bytes) {
+		blk->means = malloc(means_bytes);
+		if (blk->means) {
+			memcpy(blk->means, means, means_bytes);
+			blk->means_bytes = means_bytes;
+		}
+	}
+	if (!blk || (means_bytes && !blk->means)) {
+		if (blk)
+			cache_block_free(s->cache, blk);
+		tenant_release(s, t, off, bytes);
+		return -ENOMEM;
+	}
+	memcpy(arena_ptr(t->arena, off), record, bytes);
+	index_block(s, blk, hash);
+	cache_unref_oldest(s->cache, blk);
+	return 0;
+}
+
 static int load_one(void *userdata, const struct snapshot_block *b)
 {
 	struct server *s = userdata;
 	struct tenant *t = tenant_by_name(s, b->tenant);
-	struct cblock *blk;
-	uint64_t off;
 
-	if (!t || cache_lookup(s->cache, b->hash))
+	if (!t)
 		return -EINVAL;
-	if (!t->arena && arena_new(s->cfg->memory_budget, &t->arena) < 0)
-		return -ENOMEM;
-	/* The most recently used come first; when the budget is smaller than
-	 * the snapshot, the ones loaded before are not evicted for these. */
-	if (s->arena_used + b->record_bytes > s->cfg->memory_budget ||
-	    alloc_evicting(s, t, b->record_bytes, &off) < 0)
-		return -ENOMEM;
-	blk = cache_block_new(s->cache, &t->usage, off, b->record_bytes, b->fp16_bytes);
-	if (blk && b->means_bytes) {
-		blk->means = malloc(b->means_bytes);
-		if (blk->means) {
-			memcpy(blk->means, b->means, b->means_bytes);
-			blk->means_bytes = b->means_bytes;
+	return restore_block(s, t, b->hash, b->record, b->record_bytes, b->fp16_bytes, b->means, b->means_bytes);
+}
+
+void server_set_fdstore(struct server *s, bool on)
+{
+	s->fdstore = on;
+}
+
+struct adoption {
+	struct server *s;
+	struct tenant *t;
+	const uint8_t *old;
+	uint64_t old_size, blocks, bytes, skipped;
+};
+
+static bool in_range(uint64_t offset, uint64_t bytes, uint64_t size)
+{
+	return offset <= size && bytes <= size - offset;
+}
+
+static void adopt_entry(void *userdata, const struct dir_entry *e)
+{
+	struct adoption *a = userdata;
+	const struct tqkv_block_header *h = (const void *)(a->old + e->offset);
+
+	if (e->bytes < sizeof(*h) || e->offset % 8 || !in_range(e->offset, e->bytes, a->old_size) ||
+	    (e->means_bytes && (e->means_bytes % sizeof(float) || !in_range(e->means_offset, e->means_bytes, a->old_size))) ||
+	    h->magic != TQKV_BLOCK_MAGIC || h->record_bytes != e->bytes ||
+	    restore_block(a->s, a->t, e->hash, h, e->bytes, e->fp16_bytes, a->old + e->means_offset, e->means_bytes) < 0) {
+		a->skipped++;
+		return;
+	}
+	a->blocks++;
+	a->bytes += e->bytes;
+}
+
+static void fdstore_remove(const char *name)
+{
+	sd_notifyf(0, "FDSTOREREMOVE=1\nFDNAME=%s", name);
+}
+
+/* The tenant of an fd store name "arena-uid_1000-GEN" / "dir-...": its
+ * name with ':' back, and GEN. */
+static struct tenant *tenant_of_fd_name(struct server *s, const char *name, const char **ret_gen)
+{
+	const char *p = strchr(name, '-'), *gen = p ? strrchr(p + 1, '-') : NULL;
+	char tenant[SNAPSHOT_TENANT_MAX];
+	size_t n;
+
+	if (!p || !gen || (n = (size_t)(gen - p - 1)) >= sizeof(tenant))
+		return NULL;
+	memcpy(tenant, p + 1, n);
+	tenant[n] = 0;
+	if (n > 3 && tenant[3] == '_')
+		tenant[3] = ':';
+	*ret_gen = gen + 1;
+	return tenant_by_name(s, tenant);
+}
+
+/* One crashed daemon's tenant: every intact directory entry whose record
+ * checks out is copied into the new arena, then the old memfds go. */
+static void adopt_pair(struct server *s, int arena_fd, const char *arena_name, int dir_fd, const char *dir_name)
+{
+	struct adoption a = { .s = s };
+	struct directory *d = NULL;
+	struct stat st;
+	const char *gen;
+	void *map = MAP_FAILED;
+	uint64_t torn = 0;
+
+	a.t = tenant_of_fd_name(s, arena_name, &gen);
+	if (a.t && fstat(arena_fd, &st) == 0 && st.st_size > 0 && directory_adopt(dir_fd, &d) == 0) {
+		dir_fd = -1;  /* the directory owns it now */
+		a.old_size = (uint64_t)st.st_size;
+		map = mmap(NULL, a.old_size, PROT_READ, MAP_SHARED, arena_fd, 0);
+	}
+	if (map != MAP_FAILED) {
+		a.old = map;
+		torn = directory_for_each(d, adopt_entry, &a);
+		munmap(map, a.old_size);
+		log_info("Recovered %llu blocks (%.1f MiB) of tenant %s from the fd store; %llu skipped, %llu torn entries",
+			 (unsigned long long)a.blocks, (double)a.bytes / 1048576.0, a.t->name, (unsigned long long)a.skipped,
+			 (unsigned long long)torn);
+		s->stats.fdstore_adopted_blocks += a.blocks;
+	} else {
+		log_warning("Dropping %s and %s from the fd store: not a tenant arena and directory of this daemon",
+			    arena_name, dir_name);
+	}
+	directory_free(d);
+	close(arena_fd);
+	if (dir_fd >= 0)
+		close(dir_fd);
+	fdstore_remove(arena_name);
+	fdstore_remove(dir_name);
+}
+
+void server_adopt_fds(struct server *s, const int *fds, char *const *names, size_t n)
+{
+	bool *used = calloc(n ? n : 1, sizeof(*used));
+
+	if (!used)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		if (strncmp(names[i], "arena-", 6) != 0)
+			continue;
+		for (size_t j = 0; j < n; j++)
+			if (!used[j] && j != i && strncmp(names[j], "dir-", 4) == 0 && !strcmp(names[j] + 4, names[i] + 6)) {
+				adopt_pair(s, fds[i], names[i], fds[j], names[j]);
+				used[i] = used[j] = true;
+				break;
+			}
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!used[i]) {
+			log_warning("Dropping %s from the fd store: unknown or unpaired", names[i]);
+			close(fds[i]);
+			fdstore_remove(names[i]);
 		}
-	}
-	if (!blk || (b->means_bytes && !blk->means)) {
-		if (blk)
-			cache_block_free(s->cache, blk);
-		tenant_release(s, t, off, b->record_bytes);
-		return -ENOMEM;
-	}
-	memcpy(arena_ptr(t->arena, off), b->record, b->record_bytes);
-	cache_index(s->cache, blk, b->hash);
-	cache_unref_oldest(s->cache, blk);  /* cached, held by no sequence, older than those before */
-	return 0;
+	free(used);
 }
 
 int server_load(struct server *s)
@@ -1811,6 +2012,12 @@ void server_stop(struct server *s)
 	s->pool = NULL;
 	uv_poll_stop(&s->listen_poll);
 	uv_close((uv_handle_t *)&s->listen_poll, NULL);
+	/* A clean stop saves a snapshot: the fd store is for crashes. */
+	for (struct tenant *t = s->tenants; t; t = t->next)
+		if (t->dir) {
+			fdstore_remove(t->fd_names[0]);
+			fdstore_remove(t->fd_names[1]);
+		}
 	uv_timer_stop(&s->snapshot_timer);
 	uv_close((uv_handle_t *)&s->snapshot_timer, NULL);
 }
@@ -1825,6 +2032,7 @@ void server_free(struct server *s)
 		struct tenant *t = s->tenants;
 
 		s->tenants = t->next;
+		directory_free(t->dir);
 		arena_free(t->arena);
 		free(t);
 	}

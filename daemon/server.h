@@ -3,6 +3,8 @@
 #ifndef TQKVD_SERVER_H
 #define TQKVD_SERVER_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <uv.h>
 
 #include "config.h"
@@ -23,5 +25,14 @@ int server_save(struct server *s);
 /* Loads the saved cache, if any, before clients come: a damaged or
  * truncated file is reported in one log line and what is intact is kept. */
 int server_load(struct server *s);
+
+/* Parks every tenant's arena and block directory in systemd's fd store
+ * (FDSTORE=1) from now on, so a crash loses no published block. */
+void server_set_fdstore(struct server *s, bool on);
+/* Takes back what a crashed daemon parked (LISTEN_FDS with names
+ * "arena-TENANT-GEN" and "dir-TENANT-GEN"): copies every block its
+ * directory lists and its arena holds intact into this daemon's arenas,
+ * then drops the old fds from the store.  Closes every fd it is given. */
+void server_adopt_fds(struct server *s, const int *fds, char *const *names, size_t n);
 
 #endif

@@ -22,6 +22,8 @@
 #include "server.h"
 
 #define DEFAULT_CONFIG "/etc/tqkv/tqkvd.conf"
+/* The unit's FileDescriptorStoreMax= and the socket. */
+#define SD_FDS_MAX 4097
 
 struct daemon_state {
 	uv_loop_t loop;
@@ -239,7 +241,11 @@ int main(int argc, char **argv)
 	struct tqkvd_config cfg;
 	struct daemon_state d = { 0 };
 	uint64_t watchdog_usec = 0;
-	int listen_fd = -1, n, r;
+	int listen_fd = -1, n = 0, r;
+	char **fd_names = NULL;
+	int stored_fds[SD_FDS_MAX];
+	char *stored_names[SD_FDS_MAX];
+	size_t n_stored = 0;
 
 	config_init_defaults(&cfg);
 	r = parse_args(argc, argv, &cfg);
@@ -250,21 +256,36 @@ int main(int argc, char **argv)
 	log_set_max_level(cfg.log_level);
 	sd_notify(0, "STATUS=Starting");
 
-	n = sd_listen_fds(1);
-	if (n > 1) {
-		log_error("Expected one socket from systemd, got %d", n);
+	/* From systemd: the listening socket (socket activation) and what a
+	 * crashed predecessor parked in the fd store. */
+	n = sd_listen_fds_with_names(1, &fd_names);
+	if (n > SD_FDS_MAX) {
+		log_error("systemd passed %d fds, more than the %d expected", n, SD_FDS_MAX);
 		r = -EINVAL;
 		goto out;
 	}
-	if (n == 1) {
-		listen_fd = SD_LISTEN_FDS_START;
-		if (sd_is_socket_unix(listen_fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
-			log_error("The socket passed by systemd is not a listening AF_UNIX stream socket");
+	if (n < 0) {
+		log_error_errno(n, "Failed to read LISTEN_FDS");
+		r = -EINVAL;
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i;
+
+		if (sd_is_socket(fd, AF_UNSPEC, 0, -1) <= 0) {
+			stored_fds[n_stored++] = fd;
+			stored_names[n_stored - 1] = fd_names[i];
+			continue;
+		}
+		if (listen_fd >= 0 || sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
+			log_error("The sockets passed by systemd are not one listening AF_UNIX stream socket");
 			r = -EINVAL;
 			goto out;
 		}
+		listen_fd = fd;
 		log_info("Using the socket passed by systemd");
-	} else {
+	}
+	if (listen_fd < 0) {
 		if (!cfg.socket_path) {
 			r = default_socket_path(&cfg.socket_path);
 			if (r < 0)
@@ -280,6 +301,10 @@ int main(int argc, char **argv)
 	r = server_new(&d.loop, &cfg, listen_fd, &d.server);
 	if (r < 0)
 		goto out_loop;
+	/* Under systemd (or anything speaking its notify protocol) the
+	 * tenants' memory is parked in the fd store. */
+	server_set_fdstore(d.server, getenv("NOTIFY_SOCKET") != NULL);
+	server_adopt_fds(d.server, stored_fds, stored_names, n_stored);
 	server_load(d.server);
 	uv_signal_init(&d.loop, &d.sigterm);
 	uv_signal_init(&d.loop, &d.sigint);
@@ -304,6 +329,9 @@ out_loop:
 out:
 	if (d.socket_path)
 		unlink(d.socket_path);
+	for (int i = 0; fd_names && i < n; i++)
+		free(fd_names[i]);
+	free(fd_names);
 	config_free(&cfg);
 	return r < 0 ? (r == -EINVAL ? 2 : 1) : 0;
 }

@@ -51,14 +51,18 @@ static inline void daemon_make_dir(struct test_daemon *d)
 }
 
 /* Runs argv with env (NAME=VALUE strings, NULL-terminated, may be NULL)
- * added to ours, and waits until the daemon answers on d->socket. */
-static inline void daemon_spawn(struct test_daemon *d, const char *const *argv, const char *const *env)
+ * added to ours, after setup(arg) in the child if not NULL, and waits
+ * until the daemon answers on d->socket. */
+static inline void daemon_spawn_with(struct test_daemon *d, const char *const *argv, const char *const *env,
+				     void (*setup)(void *arg), void *arg)
 {
 	d->pid = fork();
 	cr_assert_geq(d->pid, 0);
 	if (d->pid == 0) {
 		for (; env && *env; env++)
 			putenv((char *)*env);
+		if (setup)
+			setup(arg);
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}
@@ -74,6 +78,11 @@ static inline void daemon_spawn(struct test_daemon *d, const char *const *argv, 
 		sleep_ms(10);
 	}
 	cr_assert_fail("tqkvd did not start on %s", d->socket);
+}
+
+static inline void daemon_spawn(struct test_daemon *d, const char *const *argv, const char *const *env)
+{
+	daemon_spawn_with(d, argv, env, NULL, NULL);
 }
 
 /* The daemon binary's arguments for a test: private socket, small budget,

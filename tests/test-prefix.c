@@ -5,9 +5,11 @@
  * real client processes.
  */
 #define _GNU_SOURCE
-#include <sys/mman.h>
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <tqkv/attention.h>
 
@@ -452,4 +454,142 @@ Test(prefix, periodic_snapshot_survives_sigkill, .timeout = 60)
 	cr_assert_eq(daemon_stat(&d, "snapshot_loaded_blocks"), 10);
 	check_restored(&d, 640, out);
 	daemon_stop(&d);
+}
+
+/* systemd's fd store, simulated: FDSTORE=1 messages on the daemon's
+ * NOTIFY_SOCKET keep fds by name, FDSTOREREMOVE=1 drops them, and a
+ * restarted daemon gets them back as LISTEN_FDS with LISTEN_FDNAMES. */
+struct fd_store {
+	int sock;
+	char path[100], env[128];
+	int fds[8];
+	char names[8][80];
+	unsigned n;
+};
+
+static void fd_store_drop(struct fd_store *st, unsigned i)
+{
+	close(st->fds[i]);
+	st->fds[i] = st->fds[st->n - 1];
+	memcpy(st->names[i], st->names[st->n - 1], sizeof(st->names[i]));
+	st->n--;
+}
+
+/* Reads the notifications sent so far. */
+static void fd_store_drain(struct fd_store *st)
+{
+	for (;;) {
+		char buf[512];
+		union {
+			char c[CMSG_SPACE(sizeof(int) * 4)];
+			struct cmsghdr align;
+		} ctl;
+		struct iovec iov = { buf, sizeof(buf) - 1 };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.c, .msg_controllen = sizeof(ctl) };
+		ssize_t n = recvmsg(st->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		struct cmsghdr *cm;
+		const char *name;
+		int fd = -1;
+
+		if (n < 0)
+			return;
+		buf[n] = 0;
+		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+				memcpy(&fd, CMSG_DATA(cm), sizeof(fd));
+		name = strstr(buf, "FDNAME=");
+		if (!name)
+			continue;
+		name += 7;
+		for (unsigned i = 0; i < st->n; i++)
+			if (!strncmp(st->names[i], name, strcspn(name, "\n")) && strlen(st->names[i]) == strcspn(name, "\n"))
+				fd_store_drop(st, i);
+		if (strstr(buf, "FDSTORE=1") && fd >= 0) {
+			cr_assert_lt(st->n, 8);
+			st->fds[st->n] = fd;
+			snprintf(st->names[st->n++], sizeof(st->names[0]), "%.*s", (int)strcspn(name, "\n"), name);
+		} else if (fd >= 0) {
+			close(fd);
+		}
+	}
+}
+
+/* In the child: the stored fds at 3, 4, ... and the LISTEN_* variables. */
+static void fd_store_hand_back(void *arg)
+{
+	struct fd_store *st = arg;
+	char names[8 * 80] = "", env[32];
+	int high[8];
+
+	for (unsigned i = 0; i < st->n; i++)
+		high[i] = fcntl(st->fds[i], F_DUPFD, 100);
+	for (unsigned i = 0; i < st->n; i++) {
+		dup2(high[i], 3 + (int)i);
+		strcat(names, i ? ":" : "");
+		strcat(names, st->names[i]);
+	}
+	snprintf(env, sizeof(env), "%u", st->n);
+	setenv("LISTEN_FDS", env, 1);
+	snprintf(env, sizeof(env), "%d", (int)getpid());
+	setenv("LISTEN_PID", env, 1);
+	setenv("LISTEN_FDNAMES", names, 1);
+}
+
+static void fd_store_start(struct test_daemon *d, struct fd_store *st)
+{
+	const char *argv[] = { getenv("TQKVD"), DAEMON_ARGS(d), "--set", "snapshot_interval=0", NULL };
+	const char *env[] = { st->env, NULL };
+
+	daemon_spawn_with(d, argv, env, st->n ? fd_store_hand_back : NULL, st);
+}
+
+/* SIGKILL loses nothing published: the tenant's arena and directory wait
+ * in the fd store, and the next daemon copies every block back. */
+Test(prefix, fd_store_survives_sigkill, .timeout = 60)
+{
+	float out[N_LAYERS][HEADS * HEAD_DIM];
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct fd_store st = { 0 };
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+	char first[2][80];
+	int status;
+
+	daemon_make_dir(&d);
+	snprintf(st.path, sizeof(st.path), "%s/notify", d.dir);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", st.path);
+	snprintf(st.env, sizeof(st.env), "NOTIFY_SOCKET=%s", st.path);
+	st.sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(bind(st.sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	fd_store_start(&d, &st);
+
+	c = connect_model(d.socket, &test_model);
+	cr_assert_eq(run_prompt(c, 1, 42, 700, 0, &s), 0);
+	attend_all(s, 700, out);
+	tqkv_client_free(c);
+	fd_store_drain(&st);
+	cr_assert_eq(st.n, 2, "%u fds parked", st.n);
+	memcpy(first, st.names, sizeof(first));
+
+	kill(d.pid, SIGKILL);
+	cr_assert_eq(waitpid(d.pid, &status, 0), d.pid);
+	harness_daemon_pid = 0;
+	fd_store_start(&d, &st);
+	cr_assert_eq(daemon_stat(&d, "fdstore_adopted_blocks"), 10);
+	check_restored(&d, 640, out);
+
+	/* The old fds left the store, the new daemon's arrived. */
+	fd_store_drain(&st);
+	cr_assert_eq(st.n, 2, "%u fds parked after the restart", st.n);
+	for (unsigned i = 0; i < 2; i++)
+		cr_assert(strcmp(st.names[i], first[0]) && strcmp(st.names[i], first[1]), "%s is still parked",
+			  st.names[i]);
+	/* A clean stop empties the store (the snapshot takes over). */
+	daemon_terminate(&d);
+	fd_store_drain(&st);
+	cr_assert_eq(st.n, 0, "%u fds parked after a clean stop", st.n);
+	close(st.sock);
+	unlink(st.path);
+	daemon_remove_dir(&d);
 }

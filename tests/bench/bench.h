@@ -9,6 +9,7 @@ struct bench_options {
 	bool quick;  /* shorter runs (CI smoke test) */
 	const char *isa;  /* force a kernel set: scalar, avx2, avx512 */
 	unsigned long context;  /* attention: only this context length (0: all) */
+	const char *dir;  /* snapshot: where the file goes */
 };
 
 /* Monotonic seconds. */
@@ -19,5 +20,6 @@ int bench_append(const struct bench_options *o);
 int bench_latency(const struct bench_options *o);
 int bench_attention(const struct bench_options *o);
 int bench_prefix(const struct bench_options *o);
+int bench_snapshot(const struct bench_options *o);
 
 #endif

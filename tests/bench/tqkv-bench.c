@@ -27,6 +27,7 @@ static const struct {
 	{ "append", bench_append, "tokens/s appended by 1 and 2 client processes (32 layers, 8 KV heads, d=128)" },
 	{ "attention", bench_attention, "decode attention: FP16 baseline vs tqkv pages, ns/token, speed-up, bandwidth" },
 	{ "prefix", bench_prefix, "prefix index lookup and LRU eviction at 100k and 1M cached blocks" },
+	{ "snapshot", bench_snapshot, "cache snapshot write and restore GB/s (4 GiB) next to write()/read()" },
 	{ "latency", bench_latency, "PING round trip p50/p99 next to redis-benchmark on a Unix socket" },
 };
 
@@ -47,6 +48,7 @@ static void help(FILE *f)
 		"  --quick        shorter runs (for smoke tests; figures are noisier)\n"
 		"  --isa=NAME     force the kernels: scalar, avx2 or avx512 (default: best)\n"
 		"  --context=N    attention: measure only context length N (tokens)\n"
+		"  --dir=DIR      snapshot: where the file goes (default /var/tmp)\n"
 		"  -h, --help     show this help\n"
 		"\n"
 		"Exit status: 0 on success, 1 if a benchmark failed, 2 on bad usage.\n");
@@ -59,6 +61,7 @@ int main(int argc, char **argv)
 		{ "quick", no_argument, NULL, 'q' },
 		{ "isa", required_argument, NULL, 'i' },
 		{ "context", required_argument, NULL, 'c' },
+		{ "dir", required_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -75,6 +78,9 @@ int main(int argc, char **argv)
 			break;
 		case 'i':
 			o.isa = optarg;
+			break;
+		case 'd':
+			o.dir = optarg;
 			break;
 		case 'c': {
 			char *end;
