@@ -159,29 +159,6 @@ int arena_alloc(struct arena *a, uint64_t size, uint64_t *ret_offset)
 	return 0;
 }
 
-/* Gives the kernel the pages that freeing [offset, offset + size) made
- * whole within the free range f, once f is large: only the new pages, so
- * freeing block after block next to each other stays cheap. */
-static void discard_pages(struct arena *a, const struct free_range *f, uint64_t offset, uint64_t size)
-{
-	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-	uint64_t start = offset & ~(page - 1), end = (offset + size + page - 1) & ~(page - 1);
-
-	if (f->size < (1u << 20))
-		return;
-	if (f->size - size < (1u << 20)) {
-		/* Just became large: all of it. */
-		start = f->offset;
-		end = f->offset + f->size;
-	}
-	if (start < f->offset)
-		start += page;
-	if (end > f->offset + f->size)
-		end -= page;
-	if (end > start)
-		madvise(a->base + start, end - start, MADV_REMOVE);
-}
-
 void arena_release(struct arena *a, uint64_t offset, uint64_t size)
 {
 	struct free_range **pp, *prev = NULL, *f;
@@ -216,5 +193,7 @@ void arena_release(struct arena *a, uint64_t offset, uint64_t size)
 		free(f);
 		return;
 	}
-	discard_pages(a, f, offset, size);
+	/* The pages stay: a sealed memfd refuses hole punching (EPERM, also
+	 * for the daemon), so freed ranges are reused, and the arena's memory
+	 * stays at its high-water mark, within the budget. */
 }
