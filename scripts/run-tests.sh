@@ -25,9 +25,15 @@ passed=0
 failed=0
 
 count() {
-	local log=$1/meson-logs/testlog${2:+-$2}.json
-	passed=$((passed + $(grep -c '"result": "OK"' "$log" || true)))
-	failed=$((failed + $(grep -Ec '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS)"' "$log" || true)))
+	local log=$1/meson-logs/testlog${2:+-$2}.json ok bad
+	if [ ! -f "$log" ]; then
+		failed=$((failed + 1))  # meson itself failed
+		return
+	fi
+	ok=$(grep -c '"result": "OK"' "$log" || true)
+	bad=$(grep -Ec '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS|INTERRUPT)"' "$log" || true)
+	passed=$((passed + ok))
+	failed=$((failed + bad))
 }
 
 run() {

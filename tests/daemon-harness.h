@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -59,6 +60,8 @@ static inline void daemon_spawn_with(struct test_daemon *d, const char *const *a
 	d->pid = fork();
 	cr_assert_geq(d->pid, 0);
 	if (d->pid == 0) {
+		/* A test killed by its timeout takes its daemon along. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		for (; env && *env; env++)
 			putenv((char *)*env);
 		if (setup)
