@@ -4,8 +4,11 @@
  * STATE_DIRECTORY/cache.snapshot, read with io_uring as tqkvd does at
  * start; every record handed out is read in full.  Build and run (clang):
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Idaemon -Iproto -Iinclude \
- *     tests/fuzz/fuzz-snapshot.c daemon/snapshot.c proto/crc32c.c -luring -lxxhash -o fuzz-snapshot
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION \
+ *     -Idaemon -Iproto -Iinclude tests/fuzz/fuzz-snapshot.c daemon/snapshot.c proto/crc32c.c \
+ *     -luring -lxxhash -o fuzz-snapshot
+ *
+ * (checksums are not checked in such a build, so the fuzzer gets past them).
  *   ./fuzz-snapshot -max_total_time=600 tests/fuzz/corpus/snapshot
  *
  * tests/fuzz/replay.c runs the corpus as an ordinary test.
