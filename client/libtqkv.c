@@ -27,6 +27,7 @@ struct tqkv_client {
 	struct tqkv_hello_reply hello;
 	char error[256];
 	struct model *model;
+	struct tqkv_layer_desc *layers;  /* as registered: the daemon's policy applied */
 	const uint8_t *arena;
 	uint64_t arena_bytes;
 	uint8_t *staging;
@@ -251,6 +252,7 @@ TQKV_EXPORT void tqkv_client_free(struct tqkv_client *c)
 	if (c->staging)
 		munmap(c->staging, c->staging_bytes);
 	model_free(c->model);
+	free(c->layers);
 	free(c);
 }
 
@@ -320,13 +322,42 @@ static int map_checked(int fd, uint64_t size, int required_seals, int prot, void
 	return 0;
 }
 
+/* The daemon may choose kinds and centering only where we asked it to. */
+static bool policy_respected(const struct tqkv_model *m, const struct tqkv_layer_desc *got)
+{
+	for (uint32_t l = 0; l < m->n_layers; l++) {
+		struct tqkv_layer_desc want = m->layers[l], have = got[l];
+
+		if (want.flags & TQKV_LAYER_DAEMON_POLICY) {
+			if (have.flags & TQKV_LAYER_DAEMON_POLICY)
+				return false;
+			want.k_kind = have.k_kind;
+			want.v_kind = have.v_kind;
+			want.flags = have.flags;
+		}
+		if (memcmp(&want, &have, sizeof(want)) != 0)
+			return false;
+	}
+	return true;
+}
+
+TQKV_EXPORT const struct tqkv_layer_desc *tqkv_client_layers(const struct tqkv_client *c, uint32_t *ret_n)
+{
+	if (!c || !c->model)
+		return NULL;
+	if (ret_n)
+		*ret_n = c->model->reg.n_layers;
+	return c->layers;
+}
+
 TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct tqkv_model *m)
 {
 	struct tqkv_register_model reg;
 	struct tqkv_register_reply rep;
 	struct model_limits lim;
-	size_t len;
-	uint8_t *msg;
+	size_t len, got = 0, layers_bytes;
+	uint8_t *msg, *reply = NULL;
+	struct tqkv_layer_desc *layers = NULL;
 	int fds[REPLY_FDS_MAX];
 	unsigned n_fds = 0;
 	void *arena = NULL, *staging = NULL;
@@ -342,16 +373,30 @@ TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct t
 		.staging_tokens = m->staging_tokens ? m->staging_tokens : 4 * c->hello.block_tokens,
 		.max_sequences = m->max_sequences ? m->max_sequences : 16,
 	};
-	len = sizeof(reg) + (size_t)m->n_layers * sizeof(*m->layers);
+	layers_bytes = (size_t)m->n_layers * sizeof(*m->layers);
+	len = sizeof(reg) + layers_bytes;
 	msg = malloc(len);
-	if (!msg)
+	reply = malloc(sizeof(rep) + layers_bytes);
+	if (!msg || !reply) {
+		free(msg);
+		free(reply);
 		return -ENOMEM;
+	}
 	memcpy(msg, &reg, sizeof(reg));
-	memcpy(msg + sizeof(reg), m->layers, (size_t)m->n_layers * sizeof(*m->layers));
-	r = call(c, TQKV_OP_REGISTER_MODEL, msg, len, &rep, sizeof(rep), NULL, fds, &n_fds);
+	memcpy(msg + sizeof(reg), m->layers, layers_bytes);
+	r = call(c, TQKV_OP_REGISTER_MODEL, msg, len, reply, sizeof(rep) + layers_bytes, &got, fds, &n_fds);
 	free(msg);
-	if (r < 0)
+	if (r < 0) {
+		free(reply);
 		return r;
+	}
+	memcpy(&rep, reply, got < sizeof(rep) ? got : sizeof(rep));
+	layers = (struct tqkv_layer_desc *)reply;
+	memmove(layers, reply + sizeof(rep), got > sizeof(rep) ? got - sizeof(rep) : 0);
+	if (got != sizeof(rep) + layers_bytes || !policy_respected(m, layers)) {
+		r = set_error(c, -EBADMSG, "tqkvd registered other layers than ours");
+		goto out;
+	}
 	if (n_fds != 2) {
 		r = set_error(c, -EBADMSG, "expected 2 file descriptors from tqkvd, got %u", n_fds);
 		goto out;
@@ -370,7 +415,7 @@ TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct t
 	}
 	/* The same model arithmetic as the daemon's; refuse any disagreement. */
 	model_limits_from_hello(&c->hello, &lim);
-	r = model_new(&reg, m->layers, &lim, &c->model, c->error, sizeof(c->error));
+	r = model_new(&reg, layers, &lim, &c->model, c->error, sizeof(c->error));
 	if (r < 0)
 		goto out;
 	if (c->model->token_bytes != rep.token_bytes || c->model->slot_bytes != rep.staging_slot_bytes ||
@@ -384,8 +429,11 @@ TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct t
 	c->arena_bytes = rep.arena_bytes;
 	c->staging = staging;
 	c->staging_bytes = rep.staging_bytes;
+	c->layers = layers;
 	arena = staging = NULL;
+	layers = NULL;
 out:
+	free(layers);
 	if (arena)
 		munmap(arena, rep.arena_bytes);
 	if (staging)

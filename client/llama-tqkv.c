@@ -71,6 +71,8 @@ int llama_kv_tqkv_new(const struct llama_hparams *hp, uint64_t fingerprint, cons
 			.v_kind = (uint8_t)(edge ? TQKV_KIND_FP16 : policy->v_kind),
 			.flags = (uint8_t)(policy->center_keys && !edge ? TQKV_LAYER_CENTER_KEYS : 0),
 		};
+		if (policy->daemon)
+			kv->layers[l].flags = TQKV_LAYER_DAEMON_POLICY;
 	}
 	r = tqkv_client_connect(socket, &kv->client);
 	if (r < 0) {
@@ -82,8 +84,11 @@ int llama_kv_tqkv_new(const struct llama_hparams *hp, uint64_t fingerprint, cons
 	model = (struct tqkv_model){ .fingerprint = fingerprint, .n_layers = hp->n_layers, .layers = kv->layers,
 				     .staging_tokens = kv->staging_tokens, .max_sequences = 1 };
 	r = tqkv_client_register_model(kv->client, &model);
-	if (r >= 0)
+	if (r >= 0) {
+		/* What the daemon chose, for the compression figure. */
+		memcpy(kv->layers, tqkv_client_layers(kv->client, NULL), hp->n_layers * sizeof(*kv->layers));
 		r = tqkv_seq_open(kv->client, &kv->seq);
+	}
 	if (r < 0) {
 		snprintf(err, err_size, "tqkvd: %s", tqkv_client_error(kv->client));
 		goto fail;
@@ -136,6 +141,19 @@ int llama_kv_tqkv_add_tokens(struct llama_kv_tqkv *kv, uint64_t first, const uin
 const char *llama_kv_tqkv_error(const struct llama_kv_tqkv *kv)
 {
 	return tqkv_client_error(kv->client);
+}
+
+void llama_kv_tqkv_effective(const struct llama_kv_tqkv *kv, struct llama_kv_policy *ret)
+{
+	const struct tqkv_layer_desc *mid = &kv->layers[kv->hp.n_layers / 2];
+
+	ret->k_kind = (enum tqkv_kind)mid->k_kind;
+	ret->v_kind = (enum tqkv_kind)mid->v_kind;
+	ret->center_keys = mid->flags & TQKV_LAYER_CENTER_KEYS;
+	ret->boundary = 0;
+	while (ret->boundary < kv->hp.n_layers / 2 && kv->layers[ret->boundary].k_kind == TQKV_KIND_FP16 &&
+	       kv->layers[ret->boundary].v_kind == TQKV_KIND_FP16 && (mid->k_kind != TQKV_KIND_FP16 || mid->v_kind != TQKV_KIND_FP16))
+		ret->boundary++;
 }
 
 double llama_kv_tqkv_compression(const struct llama_kv_tqkv *kv)

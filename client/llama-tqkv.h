@@ -21,6 +21,7 @@ struct llama_kv_policy {
 	bool center_keys;          /* subtract each head's key mean (TQKV_LAYER_CENTER_KEYS) */
 	uint32_t boundary;         /* the first and last this many layers keep FP16 K and V */
 	unsigned threads;          /* attention threads per call */
+	bool daemon;               /* the daemon's preset instead of the above (TQKV_LAYER_DAEMON_POLICY) */
 };
 
 struct llama_kv_tqkv;
@@ -41,6 +42,9 @@ int llama_kv_tqkv_open_prompt(struct llama_kv_tqkv *kv, const uint32_t *ids, siz
 int llama_kv_tqkv_add_tokens(struct llama_kv_tqkv *kv, uint64_t first, const uint32_t *ids, size_t n);
 /* The daemon's message for the last failed request. */
 const char *llama_kv_tqkv_error(const struct llama_kv_tqkv *kv);
+/* The policy as registered (the daemon's, with policy->daemon): the kinds
+ * and centering of the middle layer, and the FP16 layers before it. */
+void llama_kv_tqkv_effective(const struct llama_kv_tqkv *kv, struct llama_kv_policy *ret);
 /* FP16 K/V bytes per token over the bytes the pages take (norms and
  * headers included), over all layers. */
 double llama_kv_tqkv_compression(const struct llama_kv_tqkv *kv);

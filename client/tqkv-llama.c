@@ -69,7 +69,8 @@ static void help(FILE *f)
 		"  --v KIND          value codec, the same names (default tq4)\n"
 		"  --preset NAME     a named policy (sets --k, --v, --center, --boundary; later options\n"
 		"                    override it): quality (K int8, V tq4), balanced (tq4/tq4),\n"
-		"                    compact (tq3/tq3); docs/QUALITY.md has their measured quality\n"
+		"                    compact (tq3/tq3); docs/QUALITY.md has their measured quality;\n"
+		"                    \"daemon\": the preset configured in tqkvd.conf (preset=)\n"
 		"  --center          subtract each head's key mean before quantizing keys\n"
 		"  --boundary N      keep FP16 K and V in the first and last N layers (default 0)\n"
 		"  --threads N       attention threads per call (default 1)\n"
@@ -187,8 +188,11 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case 'P': {
 			const struct tqkv_preset *p = tqkv_preset_find(optarg);
 
+			o->policy.daemon = !strcmp(optarg, "daemon");
+			if (o->policy.daemon)
+				break;
 			if (!p)
-				return usage("unknown preset '%s' (quality, balanced, compact)", optarg);
+				return usage("unknown preset '%s' (quality, balanced, compact, daemon)", optarg);
 			o->policy.k_kind = p->k_kind;
 			o->policy.v_kind = p->v_kind;
 			o->policy.center_keys = p->layer_flags & TQKV_LAYER_CENTER_KEYS;
@@ -594,15 +598,17 @@ static int run_eval(const struct options *o, bool compare)
 	} else {
 		double ppl_base = exp(s.nll_base / (double)s.n), ppl = exp(s.nll / (double)s.n);
 		double comp = llama_kv_tqkv_compression(e.tqkv);
+		struct llama_kv_policy eff = o->policy;
+
+		llama_kv_tqkv_effective(e.tqkv, &eff);
 
 		if (o->json)
 			printf("{\"ppl_base\":%.6f,\"ppl\":%.6f,\"ppl_delta_pct\":%.4f,\"kld\":%.6f,\"top1\":%.5f,"
 			       "\"cosine\":%.6f,\"compression\":%.3f,\"tokens\":%zu,\"k\":\"%s\",\"v\":\"%s\","
 			       "\"center\":%s,\"boundary\":%u}\n",
 			       ppl_base, ppl, 100 * (ppl / ppl_base - 1), s.kld / (double)s.n, (double)s.top1 / (double)s.n,
-			       s.cosine / (double)s.n, comp, s.n, tqkv_kind_to_string(o->policy.k_kind),
-			       tqkv_kind_to_string(o->policy.v_kind), o->policy.center_keys ? "true" : "false",
-			       o->policy.boundary);
+			       s.cosine / (double)s.n, comp, s.n, tqkv_kind_to_string(eff.k_kind),
+			       tqkv_kind_to_string(eff.v_kind), eff.center_keys ? "true" : "false", eff.boundary);
 		else
 			printf("tokens %zu  ppl fp32 %.4f  ppl tqkv %.4f (%+.3f%%)  kld %.5f  top1 %.2f%%  cosine %.5f  "
 			       "compression %.2f\n",

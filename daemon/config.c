@@ -12,6 +12,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <tqkv/client.h>
 #include <tqkv/protocol.h>
 
 #define KIB (UINT64_C(1) << 10)
@@ -33,6 +34,7 @@ enum config_type {
 	CONFIG_U32,       /* uint32_t plain decimal */
 	CONFIG_LOG_LEVEL, /* int, syslog level by name or number */
 	CONFIG_TENANCY,   /* uint32_t, enum tqkvd_tenancy by name */
+	CONFIG_PRESET,    /* char *, a preset name or "none" */
 };
 
 struct config_key {
@@ -60,6 +62,7 @@ static const struct config_key config_keys[] = {
 	/* 0: no quota; the budget bounds every tenant anyway. */
 	{ "tenant_quota", CONFIG_SIZE, FIELD(tenant_quota), 0, 256 * TIB, 0, false },
 	/* Seconds; 0: only on stop.  At most a week. */
+	{ "preset", CONFIG_PRESET, FIELD(preset), 0, 0, 0, false },
 	{ "snapshot_interval", CONFIG_U32, FIELD(snapshot_interval), 0, 7 * 86400, 0, false },
 	/* Room for a header plus a useful payload, and not so large that one
 	 * client can make the daemon buffer a lot of memory. */
@@ -152,6 +155,8 @@ void config_free(struct tqkvd_config *c)
 	c->socket_path = NULL;
 	free(c->state_dir);
 	c->state_dir = NULL;
+	free(c->preset);
+	c->preset = NULL;
 }
 
 static const struct config_key *config_key_find(const char *name)
@@ -360,6 +365,23 @@ static int config_apply(struct tqkvd_config *c, const struct config_key *k, cons
 			return config_error(err, errlen, -EINVAL,
 					    "%s: invalid number '%.64s' (expected a decimal integer)", k->name, value);
 		break;
+
+	case CONFIG_PRESET: {
+		char **s = field, *copy = NULL;
+
+		if (strcmp(value, "none") != 0) {
+			if (!tqkv_preset_find(value))
+				return config_error(err, errlen, -EINVAL,
+						    "%s: unknown preset '%.64s' (expected quality, balanced, compact or none)",
+						    k->name, value);
+			copy = strdup(value);
+			if (!copy)
+				return config_error(err, errlen, -ENOMEM, "%s: out of memory", k->name);
+		}
+		free(*s);
+		*s = copy;
+		return 0;
+	}
 
 	case CONFIG_TENANCY:
 		if (strcmp(value, "uid") == 0)
@@ -589,6 +611,10 @@ int config_validate(const struct tqkvd_config *c, char *err, size_t errlen)
 			const char *s = *(char *const *) ((const uint8_t *) c + k->offset);
 
 			r = s ? check_path(k, s, err, errlen) : 0;
+		} else if (k->type == CONFIG_PRESET) {
+			const char *s = *(char *const *) ((const uint8_t *) c + k->offset);
+
+			r = s && !tqkv_preset_find(s) ? config_error(err, errlen, -EINVAL, "%s: unknown preset", k->name) : 0;
 		} else
 			r = check_range(k, config_get_number(c, k), err, errlen);
 		if (r < 0)

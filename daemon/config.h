@@ -42,6 +42,8 @@ struct tqkvd_config {
 	uint32_t tenancy;         /* enum tqkvd_tenancy: who shares a cache, default by uid */
 	uint64_t tenant_quota;    /* bytes one tenant may hold; 0 (default): the budget only */
 	uint32_t snapshot_interval; /* seconds between cache snapshots, 0: only on stop; default 300 */
+	char *preset;             /* policy for TQKV_LAYER_DAEMON_POLICY layers (a tqkv_preset_find()
+	                           * name), NULL (default): such layers are refused */
 	struct tqkvd_limits limits;
 };
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
+#include <tqkv/client.h>
 
 #include "arena.h"
 #include "cache.h"
@@ -147,6 +148,8 @@ struct server {
 
 static void client_disconnect(struct client *c);
 static int tenant_create_arena(struct server *s, struct tenant *t);
+static int register_finish(struct client *c, const struct tqkv_msg_header *h, const struct tqkv_register_model *reg,
+			   const struct tqkv_layer_desc *layers);
 static void schedule(struct sequence *q);
 static void on_client_event(uv_poll_t *p, int status, int events);
 
@@ -712,6 +715,30 @@ static XXH128_hash_t model_prefix_root(const struct client *c)
 	return h;
 }
 
+/* Gives TQKV_LAYER_DAEMON_POLICY layers the configured preset's kinds and
+ * centering (FP16 in its boundary layers).  -ENOENT without a preset. */
+static int apply_daemon_policy(const struct tqkvd_config *cfg, struct tqkv_layer_desc *layers, uint32_t n,
+			       uint32_t *ret_layer)
+{
+	const struct tqkv_preset *p = cfg->preset ? tqkv_preset_find(cfg->preset) : NULL;
+
+	for (uint32_t l = 0; l < n; l++) {
+		bool edge;
+
+		if (!(layers[l].flags & TQKV_LAYER_DAEMON_POLICY))
+			continue;
+		if (!p) {
+			*ret_layer = l;
+			return -ENOENT;
+		}
+		edge = l < p->boundary_layers || l + p->boundary_layers >= n;
+		layers[l].k_kind = (uint8_t)(edge ? TQKV_KIND_FP16 : p->k_kind);
+		layers[l].v_kind = (uint8_t)(edge ? TQKV_KIND_FP16 : p->v_kind);
+		layers[l].flags = (uint8_t)(edge ? 0 : p->layer_flags);
+	}
+	return 0;
+}
+
 static int do_register(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
 {
 	struct tqkv_hello_reply announced;
@@ -719,7 +746,7 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 	struct tqkv_register_model reg;
 	struct tqkv_layer_desc *layers;
 	char err[256];
-	int fds[2], r;
+	int r;
 
 	if (c->model)
 		return reply_error(c, h->opcode, h->serial, EALREADY, "a model is already registered");
@@ -735,12 +762,35 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 	if (!layers)
 		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
 	msg_read(rd, layers, (size_t)reg.n_layers * sizeof(*layers));
+	{
+		uint32_t bad = 0;
+
+		if (apply_daemon_policy(c->server->cfg, layers, reg.n_layers, &bad) < 0) {
+			free(layers);
+			return reply_error(c, h->opcode, h->serial, EINVAL,
+					   "layer %u asks for the daemon's policy, but tqkvd.conf sets no preset", bad);
+		}
+	}
 	r = model_new(&reg, layers, &lim, &c->model, err, sizeof(err));
-	free(layers);
+	if (r < 0)
+		free(layers);
 	if (r == -EINVAL)
 		return reply_error(c, h->opcode, h->serial, EINVAL, "invalid model: %s", err);
 	if (r < 0)
 		return reply_error(c, h->opcode, h->serial, -r, "cannot register model: %s", strerror(-r));
+	r = register_finish(c, h, &reg, layers);
+	free(layers);
+	return r;
+}
+
+/* The arena, the staging memfd and the reply of a valid REGISTER_MODEL. */
+static int register_finish(struct client *c, const struct tqkv_msg_header *h, const struct tqkv_register_model *reg,
+			   const struct tqkv_layer_desc *layers)
+{
+	size_t layers_bytes = (size_t)reg->n_layers * sizeof(*layers);
+	uint8_t *payload;
+	int fds[2], r;
+
 	if (!c->tenant->arena) {
 		/* Sparse: it takes memory only where blocks are written. */
 		r = tenant_create_arena(c->server, c->tenant);
@@ -752,7 +802,7 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 		}
 	}
 	c->prefix_root = model_prefix_root(c);
-	c->slots = calloc(reg.max_sequences, sizeof(*c->slots));
+	c->slots = calloc(reg->max_sequences, sizeof(*c->slots));
 	r = c->slots ? create_staging(c) : -ENOMEM;
 	if (r < 0) {
 		model_free(c->model);
@@ -760,8 +810,11 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 		free(c->slots);
 		c->slots = NULL;
 		return reply_error(c, h->opcode, h->serial, -r, "cannot create staging for %u sequences: %s",
-				   reg.max_sequences, r == -E2BIG ? "larger than memory_budget" : strerror(-r));
+				   reg->max_sequences, r == -E2BIG ? "larger than memory_budget" : strerror(-r));
 	}
+	payload = malloc(sizeof(struct tqkv_register_reply) + layers_bytes);
+	if (!payload)
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
 	{
 		struct tqkv_register_reply rep = {
 			.arena_bytes = arena_size(c->tenant->arena),
@@ -775,8 +828,12 @@ static int do_register(struct client *c, const struct tqkv_msg_header *h, struct
 		fds[1] = c->staging_fd;
 		if (ratelimit_below(&c->server->rl))  /* clients can register at any rate */
 			log_info("client %u (pid %d): registered model %016llx, %u layers, %u bytes per token", c->id,
-				 (int)c->pid, (unsigned long long)reg.fingerprint, reg.n_layers, c->model->token_bytes);
-		return send_msg(c, h->opcode, TQKV_MSG_REPLY, h->serial, &rep, sizeof(rep), fds, 2);
+				 (int)c->pid, (unsigned long long)reg->fingerprint, reg->n_layers, c->model->token_bytes);
+		memcpy(payload, &rep, sizeof(rep));
+		memcpy(payload + sizeof(rep), layers, layers_bytes);
+		r = send_msg(c, h->opcode, TQKV_MSG_REPLY, h->serial, payload, sizeof(rep) + layers_bytes, fds, 2);
+		free(payload);
+		return r;
 	}
 }
 

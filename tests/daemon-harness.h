@@ -248,13 +248,20 @@ static inline void raw_register(int fd, const struct tqkv_model *m, struct tqkv_
 	} msg;
 	size_t len = sizeof(msg.reg) + m->n_layers * sizeof(msg.layers[0]);
 	struct tqkv_msg_header h = { (uint32_t)(sizeof(h) + len), TQKV_OP_REGISTER_MODEL, 0, 2, 0, 0 };
+	struct {
+		struct tqkv_register_reply rep;
+		struct tqkv_layer_desc layers[16];
+	} got;
 
 	memset(&msg, 0, sizeof(msg));
 	msg.reg = (struct tqkv_register_model){ m->fingerprint, m->n_layers, m->staging_tokens, m->max_sequences, 0 };
 	memcpy(msg.layers, m->layers, m->n_layers * sizeof(msg.layers[0]));
 	raw_send(fd, &h, &msg, len);
-	cr_assert_eq(raw_recv(fd, &h, rep, sizeof(*rep), fds, n_fds), (int)sizeof(*rep));
+	/* The reply: the limits, then the layers as registered. */
+	cr_assert_eq(raw_recv(fd, &h, &got, sizeof(got), fds, n_fds),
+		     (int)(sizeof(got.rep) + m->n_layers * sizeof(got.layers[0])));
 	cr_assert_eq(h.flags, TQKV_MSG_REPLY);
+	*rep = got.rep;
 }
 
 /* The value of key in the daemon's INFO text, or -1. */

@@ -390,6 +390,13 @@ ParameterizedTestParameters(config, bad_file_is_rejected)
 		{ "[]\n", "unknown section '[]'" },
 		/* duplicate keys */
 		{ "worker_threads = 2\n\nworker_threads = 3\n", ":3: worker_threads: already set on line 1" },
+		/* names */
+		{ "preset = fast\n", "preset: unknown preset 'fast' (expected quality" },
+		{ "preset = Balanced\n", "preset: unknown preset 'Balanced'" },
+		{ "tenants = user\n", "tenants: invalid value 'user' (expected uid or gid)" },
+		{ "state_directory = relative\n", "state_directory: 'relative' is not an absolute path" },
+		{ "snapshot_interval = 604801\n", "snapshot_interval: 604801 is out of range" },
+		{ "tenant_quota = 1Q\n", "tenant_quota: invalid size '1Q'" },
 		/* sizes */
 		{ "memory_budget = lots\n", "memory_budget: invalid size 'lots'" },
 		{ "memory_budget = 1X\n", "memory_budget: invalid size '1X'" },
@@ -582,7 +589,7 @@ Test(config, example_config_lists_every_key_at_its_default)
 	fclose(f);
 	fclose(out);
 	free(line);
-	cr_assert_eq(n_keys, 17, "%s lists %u settings", path, n_keys);
+	cr_assert_eq(n_keys, 18, "%s lists %u settings", path, n_keys);
 
 	config_init_defaults(&c);
 	config_init_defaults(&d);

@@ -228,3 +228,43 @@ Test(daemon, garbage_rows_are_survived, .timeout = 60)
 	tqkv_client_free(c);
 	daemon_stop(&d);
 }
+
+/* Layers that let the daemon choose get its configured preset; without
+ * one they are refused with a message. */
+Test(daemon, daemon_preset_applies_to_flagged_layers, .timeout = 60)
+{
+	const char *extra[] = { "--set", "preset=compact", NULL };
+	struct tqkv_layer_desc layers[N_LAYERS];
+	struct tqkv_model m = test_model;
+	const struct tqkv_layer_desc *got;
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s;
+	uint32_t n = 0;
+
+	memcpy(layers, test_layers, sizeof(layers));
+	layers[2].flags = TQKV_LAYER_DAEMON_POLICY;
+	m.layers = layers;
+	daemon_start(&d, extra);
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &m), 0, "%s", tqkv_client_error(c));
+	got = tqkv_client_layers(c, &n);
+	cr_assert_eq(n, N_LAYERS);
+	cr_assert_eq(got[2].k_kind, TQKV_KIND_TQ3);
+	cr_assert_eq(got[2].v_kind, TQKV_KIND_TQ3);
+	cr_assert_eq(got[2].flags, 0);
+	cr_assert_eq(memcmp(&got[0], &test_layers[0], sizeof(got[0])), 0, "an unflagged layer changed");
+	cr_assert_eq(tqkv_seq_open(c, &s), 0);
+	append_tokens(s, 3, 0, 130);
+	cr_assert_eq(tqkv_seq_wait(s, 128), 0);
+	cr_assert_eq(tqkv_seq_close(s), 0);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+
+	daemon_start(&d, NULL);
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &m), -EINVAL);
+	cr_assert(strstr(tqkv_client_error(c), "sets no preset"), "%s", tqkv_client_error(c));
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}

@@ -120,9 +120,9 @@ Test(llama_model, tqkv_backend_long_context, .timeout = 300)
 		struct llama_kv_policy policy;
 		double max_increase;  /* of the mean NLL over the FP32 cache's, relative */
 	} policies[] = {
-		{ { TQKV_KIND_FP16, TQKV_KIND_FP16, false, 0, 1 }, 1e-4 },
-		{ { TQKV_KIND_TQ4, TQKV_KIND_TQ4, true, 0, 2 }, 0.01 },
-		{ { TQKV_KIND_TQ3, TQKV_KIND_TQ3, true, 1, 1 }, 0.03 },
+		{ { TQKV_KIND_FP16, TQKV_KIND_FP16, false, 0, 1, false }, 1e-4 },
+		{ { TQKV_KIND_TQ4, TQKV_KIND_TQ4, true, 0, 2, false }, 0.01 },
+		{ { TQKV_KIND_TQ3, TQKV_KIND_TQ3, true, 1, 1, false }, 0.03 },
 	};
 	char dir[4096], path[4300], err[256];
 	struct gguf_file *f;

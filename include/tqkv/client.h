@@ -67,8 +67,14 @@ TQKV_EXPORT int tqkv_client_stats(struct tqkv_client *c, char **ret_text);
  * bytes, private; free() it. */
 TQKV_EXPORT int tqkv_client_list(struct tqkv_client *c, char **ret_text);
 
-/* Registers the model (once per connection) and maps the shared memory. */
+/* Registers the model (once per connection) and maps the shared memory.
+ * Layers flagged TQKV_LAYER_DAEMON_POLICY get the kinds and centering of
+ * the daemon's configured preset (tqkvd.conf preset=; refused without
+ * one); tqkv_client_layers() then says what they are. */
 TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct tqkv_model *m);
+/* The registered layers as the daemon applied them (*ret_n of them), or
+ * NULL before registration. */
+TQKV_EXPORT const struct tqkv_layer_desc *tqkv_client_layers(const struct tqkv_client *c, uint32_t *ret_n);
 
 /*
  * Named codec policies, chosen from docs/QUALITY.md (the head_dim-128
@@ -77,7 +83,8 @@ TQKV_EXPORT int tqkv_client_register_model(struct tqkv_client *c, const struct t
  *   balanced  K tq4, V tq4      PPL +0.11%, top-1 97.3%, 3.9x
  *   compact   K tq3, V tq3      PPL +0.75%, top-1 94.5%, 5.1x
  * An engine applies one to every layer of its model (boundary_layers
- * first and last layers keep FP16).
+ * first and last layers keep FP16), or flags its layers
+ * TQKV_LAYER_DAEMON_POLICY to get the one tqkvd.conf names (preset=).
  */
 struct tqkv_preset {
 	const char *name;

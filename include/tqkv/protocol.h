@@ -75,6 +75,9 @@ enum tqkv_layer_flag {
 	/* Keys are centered: each sequence subtracts, per head, the mean of
 	 * its first block's keys before encoding (docs/PROTOCOL.md). */
 	TQKV_LAYER_CENTER_KEYS = 1u << 0,
+	/* K and V kinds and centering are the daemon's configured preset
+	 * (tqkvd.conf preset=): the REGISTER_MODEL reply says what they are. */
+	TQKV_LAYER_DAEMON_POLICY = 1u << 1,
 };
 
 /* One layer of a registered model. */
@@ -100,7 +103,9 @@ struct tqkv_register_model {
 };
 
 /* Reply: two fds in this order: the arena (sealed, map read-only) and this
- * client's staging memfd (map read-write). */
+ * client's staging memfd (map read-write).  The payload is this struct
+ * followed by the n_layers layer descriptors as registered (the daemon's
+ * preset applied to TQKV_LAYER_DAEMON_POLICY layers). */
 struct tqkv_register_reply {
 	uint64_t arena_bytes;
 	uint64_t staging_bytes;
