@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
 	meson ninja-build pkg-config gcc clang
 	libuv1-dev liburing-dev libsystemd-dev libcriterion-dev libxxhash-dev
-	valgrind redis-server redis-tools
+	valgrind redis-server redis-tools groff-base
 )
 
 missing=()
