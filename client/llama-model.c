@@ -18,6 +18,7 @@
 
 #include <tqkv/codec.h>
 
+#include "cpu.h"
 #include "llama-model.h"
 
 /* ---- loading ------------------------------------------------------------ */
@@ -235,7 +236,7 @@ static void matvec(const struct llama_matrix *w, const float *x, float *y)
 	static int simd = -1;
 
 	if (simd < 0)
-		simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+		simd = cpu_has_isa(CPU_ISA_AVX2);  /* AVX2, FMA, F16C */
 #else
 	const int simd = 0;
 #endif

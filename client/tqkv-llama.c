@@ -141,7 +141,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	int c, kind;
 
 	*o = (struct options){ .n_predict = 32, .tokens = 4096, .threads = 1, .greedy = true, .seed = 1,
-			       .policy = { TQKV_KIND_TQ4, TQKV_KIND_TQ4, false, 0, 1 } };
+			       .policy = { TQKV_KIND_TQ4, TQKV_KIND_TQ4, false, 0, 1, false } };
 	while ((c = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm': o->model = optarg; break;

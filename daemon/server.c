@@ -254,6 +254,7 @@ static int reply(struct client *c, uint16_t opcode, uint32_t serial, const void 
 	return send_msg(c, opcode, TQKV_MSG_REPLY, serial, payload, len, NULL, 0);
 }
 
+__attribute__((format(printf, 5, 6)))
 static int reply_error(struct client *c, uint16_t opcode, uint32_t serial, int error, const char *fmt, ...)
 {
 	struct {
@@ -549,9 +550,12 @@ static void on_job_done(struct job *j, void *userdata)
 	struct server *s = userdata;
 	struct sequence *q = j->owner;
 	struct client *c = q->client;
+	/* j is q->job: schedule() hands it to a worker again, and
+	 * seq_finalize() frees it with q. */
+	int result = j->result;
 
 	q->job_in_flight = false;
-	if (j->result == 0) {
+	if (result == 0) {
 		struct cblock *b = q->job_block;
 
 		if (j->block == 0 && q->means_bytes) {
@@ -574,7 +578,7 @@ static void on_job_done(struct job *j, void *userdata)
 		q->broken = true;  /* retrying would fail the same way, forever */
 		s->stats.compress_failures++;
 		if (ratelimit_below(&s->rl))
-			log_error_errno(j->result, "client %u: failed to compress block %llu of sequence %u", c->id,
+			log_error_errno(result, "client %u: failed to compress block %llu of sequence %u", c->id,
 					(unsigned long long)j->block, q->id);
 	}
 	if (q->closed) {
@@ -583,7 +587,7 @@ static void on_job_done(struct job *j, void *userdata)
 		schedule(q);
 		answer_waiters(q);
 	}
-	if (j->result != 0)
+	if (result != 0)
 		retry_stalled(s);
 	client_unref(c);
 }

@@ -1,6 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 #include "cpu.h"
 
+#ifdef TQKV_HAVE_X86_SIMD
+#include <cpuid.h>
+
+/* clang 14's __builtin_cpu_supports() does not know "f16c": ask CPUID
+ * (leaf 1, ECX bit 29). */
+static bool has_f16c(void)
+{
+	unsigned a, b, c, d;
+
+	return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 bool cpu_has_isa(enum cpu_isa isa)
 {
 	switch (isa) {
@@ -9,7 +22,7 @@ bool cpu_has_isa(enum cpu_isa isa)
 #ifdef TQKV_HAVE_X86_SIMD
 	case CPU_ISA_AVX2:
 		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-		       __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+		       has_f16c() && __builtin_cpu_supports("bmi2");
 	case CPU_ISA_AVX512:
 		return cpu_has_isa(CPU_ISA_AVX2) &&
 		       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

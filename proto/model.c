@@ -8,6 +8,7 @@
 
 #include "model.h"
 
+__attribute__((format(printf, 3, 4)))
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;

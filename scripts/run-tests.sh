@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README (and of CI): installs the dependencies,
 # builds with gcc in release mode and with ASan+UBSan, warnings as errors,
-# and runs every test in both builds; the memcheck setup runs the fast
+# and runs every test in both builds; a clang build runs the quick suites;
+# a clang ThreadSanitizer build runs tests/tsan.sh; the memcheck setup runs the fast
 # suites under valgrind (not the shell-script tests: valgrind would test bash).  Ends with "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,15 @@ run build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lun
 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	meson test -C build-asan --num-processes "$jobs" --print-errorlogs || status=1
 count build-asan
+
+# clang 14: warnings as errors, the quick suites.
+CC=clang run build-clang -Dbuildtype=debugoptimized
+meson test -C build-clang --no-suite slow --num-processes "$jobs" --print-errorlogs || status=1
+count build-clang
+
+# ThreadSanitizer over the threaded programs (Criterion cannot run under it).
+CC=clang run build-tsan -Dbuildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false
+if bash tests/tsan.sh build-tsan; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 
 meson test -C build-release --setup valgrind --no-suite slow --no-suite systemd --no-suite script --num-processes "$jobs" --print-errorlogs || status=1
 count build-release valgrind
