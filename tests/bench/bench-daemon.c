@@ -88,8 +88,10 @@ int bench_daemon_up(struct bench_daemon *d, const char *workers, const char *bud
 
 void bench_daemon_down(struct bench_daemon *d)
 {
-	kill(d->pid, SIGTERM);
-	waitpid(d->pid, NULL, 0);
+	if (d->pid > 0) {  /* 0: it died and was reaped already */
+		kill(d->pid, SIGTERM);
+		waitpid(d->pid, NULL, 0);
+	}
 	rmdir(d->dir);
 }
 

@@ -10,6 +10,8 @@ struct bench_options {
 	const char *isa;  /* force a kernel set: scalar, avx2, avx512 */
 	unsigned long context;  /* attention: only this context length (0: all) */
 	const char *dir;  /* snapshot: where the file goes */
+	unsigned clients; /* load: client processes (0: default) */
+	double seconds;   /* load: duration (0: default) */
 };
 
 /* Monotonic seconds. */
@@ -21,5 +23,6 @@ int bench_latency(const struct bench_options *o);
 int bench_attention(const struct bench_options *o);
 int bench_prefix(const struct bench_options *o);
 int bench_snapshot(const struct bench_options *o);
+int bench_load(const struct bench_options *o);
 
 #endif

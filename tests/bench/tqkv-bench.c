@@ -27,6 +27,7 @@ static const struct {
 	{ "append", bench_append, "tokens/s appended by 1 and 2 client processes (32 layers, 8 KV heads, d=128)" },
 	{ "attention", bench_attention, "decode attention: FP16 baseline vs tqkv pages, ns/token, speed-up, bandwidth" },
 	{ "prefix", bench_prefix, "prefix index lookup and LRU eviction at 100k and 1M cached blocks" },
+	{ "load", bench_load, "32 client processes append and attend for 60 s, one killed every second: ops/s, p99, RSS" },
 	{ "snapshot", bench_snapshot, "cache snapshot write and restore GB/s (4 GiB) next to write()/read()" },
 	{ "latency", bench_latency, "PING round trip p50/p99 next to redis-benchmark on a Unix socket" },
 };
@@ -49,6 +50,8 @@ static void help(FILE *f)
 		"  --isa=NAME     force the kernels: scalar, avx2 or avx512 (default: best)\n"
 		"  --context=N    attention: measure only context length N (tokens)\n"
 		"  --dir=DIR      snapshot: where the file goes (default /var/tmp)\n"
+		"  --clients=N    load: client processes (default 32; 8 with --quick)\n"
+		"  --seconds=S    load: duration (default 60; 6 with --quick)\n"
 		"  -h, --help     show this help\n"
 		"\n"
 		"Exit status: 0 on success, 1 if a benchmark failed, 2 on bad usage.\n");
@@ -62,6 +65,8 @@ int main(int argc, char **argv)
 		{ "isa", required_argument, NULL, 'i' },
 		{ "context", required_argument, NULL, 'c' },
 		{ "dir", required_argument, NULL, 'd' },
+		{ "clients", required_argument, NULL, 'C' },
+		{ "seconds", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -81,6 +86,20 @@ int main(int argc, char **argv)
 			break;
 		case 'd':
 			o.dir = optarg;
+			break;
+		case 'C':
+			o.clients = (unsigned)strtoul(optarg, NULL, 10);
+			if (o.clients < 1 || o.clients > 256) {
+				fprintf(stderr, "tqkv-bench: --clients wants 1..256, not '%s'\n", optarg);
+				return 2;
+			}
+			break;
+		case 'S':
+			o.seconds = strtod(optarg, NULL);
+			if (!(o.seconds >= 1 && o.seconds <= 86400)) {
+				fprintf(stderr, "tqkv-bench: --seconds wants 1..86400, not '%s'\n", optarg);
+				return 2;
+			}
 			break;
 		case 'c': {
 			char *end;
