@@ -48,7 +48,7 @@ static void token_rows(uint64_t seed, uint64_t token, uint32_t layer, unsigned s
 
 /* Appends n tokens to s, committing every chunk and waiting when the tail
  * is full, as an engine would. */
-static void append_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t n)
+static int try_append_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t n)
 {
 	for (uint64_t t = from; t < from + n; t++) {
 		uint16_t k[N_LAYERS][HEADS * HEAD_DIM], v[N_LAYERS][HEADS * HEAD_DIM];
@@ -62,14 +62,23 @@ static void append_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint
 			vp[l] = test_layers[l].kv_source >= 0 ? NULL : v[l];
 		}
 		while ((r = tqkv_seq_write_layers(s, t, kp, vp)) == -EAGAIN) {
-			cr_assert_eq(tqkv_seq_commit(s, t), 0);
-			cr_assert_eq(tqkv_seq_wait(s, t + 1 - 128), 0);  /* t >= 128 here */
+			if ((r = tqkv_seq_commit(s, t)) < 0 || (r = tqkv_seq_wait(s, t + 1 - 128)) < 0)  /* t >= 128 here */
+				return r;
 		}
-		cr_assert_eq(r, 0, "write token %llu: %d", (unsigned long long)t, r);
-		if ((t + 1) % 16 == 0)
-			cr_assert_eq(tqkv_seq_commit(s, t + 1), 0);
+		if (r < 0)
+			return r;
+		if ((t + 1) % 16 == 0 && (r = tqkv_seq_commit(s, t + 1)) < 0)
+			return r;
 	}
-	cr_assert_eq(tqkv_seq_commit(s, from + n), 0);
+	return tqkv_seq_commit(s, from + n);
+}
+
+static void append_tokens(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t n)
+{
+	int r = try_append_tokens(s, seed, from, n);
+
+	cr_assert_eq(r, 0, "appending tokens %llu..%llu: %s", (unsigned long long)from,
+		     (unsigned long long)(from + n), strerror(-r));
 }
 
 /* What the daemon must have stored: the codec's own encode -> decode of the

@@ -6,6 +6,8 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -592,4 +594,141 @@ Test(prefix, fd_store_survives_sigkill, .timeout = 60)
 	close(st.sock);
 	unlink(st.path);
 	daemon_remove_dir(&d);
+}
+
+/* The crash suite's engine: publishes prompts one after another (prompt p
+ * has ids salted p and rows seeded p), records each one whose blocks were
+ * all published, and on any error reconnects and goes on. */
+struct crash_log {
+	_Atomic uint32_t published[4096];  /* prompt ids, in order */
+	_Atomic uint32_t n_published;
+	_Atomic uint32_t reconnects, errors;
+	_Atomic int stop;
+};
+
+#define CRASH_PROMPT_TOKENS 300
+
+static void crash_engine(const char *socket, struct crash_log *log)
+{
+	struct tqkv_client *c = NULL;
+
+	for (uint32_t p = 1000; !atomic_load(&log->stop) && p < 1000 + 4096;) {
+		uint32_t ids[CRASH_PROMPT_TOKENS];
+		struct tqkv_seq *s;
+		uint64_t cached;
+
+		if (!c) {
+			if (tqkv_client_connect(socket, &c) < 0 || tqkv_client_register_model(c, &test_model) < 0) {
+				tqkv_client_free(c);
+				c = NULL;
+				sleep_ms(20);  /* the daemon is down: try again */
+				continue;
+			}
+			atomic_fetch_add(&log->reconnects, 1);
+		}
+		prompt_ids(p, ids, CRASH_PROMPT_TOKENS);
+		if (tqkv_seq_open_prompt(c, ids, CRASH_PROMPT_TOKENS, 0, &s, &cached) < 0 ||
+		    try_append_tokens(s, p, cached, CRASH_PROMPT_TOKENS - cached) < 0 ||
+		    tqkv_seq_wait(s, CRASH_PROMPT_TOKENS / B * B) < 0) {
+			/* A clear error: the daemon went away.  Reconnect. */
+			atomic_fetch_add(&log->errors, 1);
+			tqkv_client_free(c);
+			c = NULL;
+			continue;
+		}
+		log->published[atomic_load(&log->n_published)] = p;
+		atomic_fetch_add(&log->n_published, 1);
+		tqkv_seq_close(s);
+		p++;
+	}
+	tqkv_client_free(c);
+}
+
+/* Every prompt the engine saw published is still there, bit for bit. */
+static uint64_t crash_verify(const char *socket, struct crash_log *log)
+{
+	struct tqkv_client *c = connect_model(socket, &test_model);
+	uint64_t blocks = 0;
+
+	for (uint32_t i = 0; i < atomic_load(&log->n_published); i++) {
+		uint32_t p = log->published[i], ids[CRASH_PROMPT_TOKENS];
+		struct tqkv_seq *s;
+		uint64_t cached;
+
+		prompt_ids(p, ids, CRASH_PROMPT_TOKENS);
+		cr_assert_eq(tqkv_seq_open_prompt(c, ids, CRASH_PROMPT_TOKENS, 0, &s, &cached), 0);
+		cr_assert_eq(cached, (CRASH_PROMPT_TOKENS - 1) / B * B, "prompt %u: %llu tokens survived", p,
+			     (unsigned long long)cached);
+		check_tokens(s, p, cached);
+		blocks += cached / B;
+		cr_assert_eq(tqkv_seq_close(s), 0);
+	}
+	tqkv_client_free(c);
+	return blocks;
+}
+
+/* The crash suite: the daemon is killed with SIGKILL at random moments
+ * while an engine appends (blocks being compressed, background snapshots
+ * every second), and restarted with what its fd store held.  No published
+ * block is lost or changed; the engine gets errors, reconnects and goes
+ * on. */
+Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
+{
+	const char *extra[] = { "--set", "snapshot_interval=1", "--worker-threads", "2", NULL };
+	struct crash_log *log = mmap(NULL, sizeof(*log), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct fd_store st = { 0 };
+	struct test_daemon d;
+	uint64_t seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)time(NULL), blocks = 0;
+	unsigned kills = 0;
+	pid_t engine;
+	int status;
+
+	cr_assert_neq(log, MAP_FAILED);
+	daemon_make_dir(&d);
+	snprintf(st.path, sizeof(st.path), "%s/notify", d.dir);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", st.path);
+	snprintf(st.env, sizeof(st.env), "NOTIFY_SOCKET=%s", st.path);
+	st.sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(bind(st.sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	{
+		const char *argv[] = { getenv("TQKVD"), DAEMON_ARGS(&d), extra[0], extra[1], extra[2], extra[3], NULL };
+		const char *env[] = { st.env, NULL };
+
+		daemon_spawn_with(&d, argv, env, NULL, NULL);
+	}
+	engine = fork();
+	if (engine == 0) {
+		crash_engine(d.socket, log);
+		_exit(0);
+	}
+	for (unsigned round = 0; round < 8; round++) {
+		const char *argv[] = { getenv("TQKVD"), DAEMON_ARGS(&d), extra[0], extra[1], extra[2], extra[3], NULL };
+		const char *env[] = { st.env, NULL };
+
+		sleep_ms(150 + (unsigned)(splitmix64_next(&seed) % 600));
+		fd_store_drain(&st);
+		kill(d.pid, SIGKILL);
+		cr_assert_eq(waitpid(d.pid, &status, 0), d.pid);
+		harness_daemon_pid = 0;
+		kills++;
+		daemon_spawn_with(&d, argv, env, st.n ? fd_store_hand_back : NULL, &st);
+	}
+	atomic_store(&log->stop, 1);
+	cr_assert_eq(waitpid(engine, &status, 0), engine);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the engine died: %#x", status);
+	cr_assert_gt(atomic_load(&log->n_published), 8, "the engine published only %u prompts",
+		     atomic_load(&log->n_published));
+	blocks = crash_verify(d.socket, log);
+	cr_log_info("crash suite: %u kills and restarts, %u prompts / %llu blocks verified, engine reconnected %u times "
+		    "after %u errors", kills, atomic_load(&log->n_published), (unsigned long long)blocks,
+		    atomic_load(&log->reconnects), atomic_load(&log->errors));
+	daemon_terminate(&d);
+	fd_store_drain(&st);
+	for (unsigned i = 0; i < st.n; i++)
+		close(st.fds[i]);
+	close(st.sock);
+	unlink(st.path);
+	daemon_remove_dir(&d);
+	munmap(log, sizeof(*log));
 }
