@@ -2,10 +2,12 @@
 /*
  * libFuzzer target for the daemon's message decoder: one tqkvd server in
  * this process (its libuv loop, worker thread and arenas, no state
- * directory); each input is the byte stream one client connection sends
- * (framing, HELLO, REGISTER_MODEL with its layer validation, sequence
- * requests with token ids, fork, trim, stats, flush ...), after which the
- * client hangs up.  The server must neither crash nor leak; replies and
+ * directory); each input is one client connection: its first byte says
+ * how many fds (0-3: a memfd, a pipe, a socket) travel with the first
+ * bytes (the fd-receiving path: requests never carry fds), the rest is the
+ * byte stream the client sends (framing, HELLO, REGISTER_MODEL with its
+ * layer validation, sequence requests with token ids, fork, trim, stats,
+ * flush ...), after which it hangs up.  The server must neither crash nor leak; replies and
  * the fds they carry are read and closed.  Build and run (clang):
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Idaemon -Iproto -Iinclude -Iclient \
@@ -18,10 +20,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <syslog.h>
@@ -102,20 +106,69 @@ static int drain(int fd)
 	}
 }
 
+/* The first bytes (up to 64) with n fds attached; returns bytes sent. */
+static size_t send_with_fds(int fd, const uint8_t *data, size_t size, unsigned n)
+{
+	int fds[3], pipefd[2] = { -1, -1 }, pair[2] = { -1, -1 };
+	union {
+		char c[CMSG_SPACE(sizeof(int) * 3)];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = { (void *)data, size < 64 ? size : 64 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.c, .msg_controllen = CMSG_SPACE(sizeof(int) * n) };
+	struct cmsghdr *cm;
+	ssize_t r;
+
+	memset(&ctl, 0, sizeof(ctl));
+	fds[0] = memfd_create("fuzz", MFD_CLOEXEC);
+	if (pipe2(pipefd, O_CLOEXEC) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 || fds[0] < 0)
+		n = 0;
+	fds[1] = pipefd[0];
+	fds[2] = pair[0];
+	cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+	memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
+	r = n ? sendmsg(fd, &mh, MSG_NOSIGNAL) : 0;
+	for (unsigned i = 0; i < 2; i++) {
+		if (pipefd[i] >= 0)
+			close(pipefd[i]);
+		if (pair[i] >= 0)
+			close(pair[i]);
+	}
+	if (fds[0] >= 0)
+		close(fds[0]);
+	return r > 0 ? (size_t)r : 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	size_t sent = 0;
 	int fd, open = 1, idle = 0;
+	unsigned n_fds;
 
 	if (!server && start() < 0)
 		abort();
+	if (size == 0)
+		return 0;
+	n_fds = data[0] & 3;
+	data++;
+	size--;
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", socket_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		if (fd >= 0)
 			close(fd);
 		return 0;
+	}
+	if (n_fds && size) {
+		sent = send_with_fds(fd, data, size, n_fds);
+		if (sent == 0) {
+			close(fd);
+			return 0;
+		}
 	}
 	/* Feed the stream while the server reads it, then hang up and let it
 	 * finish whatever the stream started (waits, compressions). */
