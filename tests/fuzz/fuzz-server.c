@@ -10,10 +10,11 @@
  * flush ...), after which it hangs up.  The server must neither crash nor leak; replies and
  * the fds they carry are read and closed.  Build and run (clang):
  *
+ *   CC=clang meson setup build-clang && ninja -C build-clang   # the codec, SIMD flags and all
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Idaemon -Iproto -Iinclude -Iclient \
  *     tests/fuzz/fuzz-server.c daemon/{arena,cache,config,directory,log,server,snapshot,worker}.c \
- *     client/presets.c proto/{codec,codec-scalar,codec-avx2,codec-avx512,codebook-tables,cpu,crc32c,half,kind,lloyd-max,message,model,page,qjl,rotation}.c \
- *     -DTQKV_VERSION='"fuzz"' -DTQKV_HAVE_X86_SIMD=1 -luv -luring -lxxhash -lsystemd -lm -o fuzz-server
+ *     client/presets.c build-clang/proto/libtqkv-proto.a -DTQKV_VERSION='"fuzz"' \
+ *     -luv -luring -lxxhash -lsystemd -lm -lpthread -o fuzz-server
  *   ./fuzz-server -max_total_time=600 tests/fuzz/corpus/server
  *
  * tests/fuzz/replay.c runs the corpus as an ordinary test.
