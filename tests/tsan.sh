@@ -13,7 +13,7 @@ b=$1
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 dir=$(mktemp -d)
-trap 'kill $dpid 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $dpid 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 "$b/daemon/tqkvd" --socket "$dir/s" --config /dev/null --state-directory "$dir" --worker-threads 2 \
 	--set snapshot_interval=1 --log-level warning & dpid=$!
