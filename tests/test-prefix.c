@@ -75,8 +75,9 @@ struct shared_result {
 	uint64_t cached;
 };
 
-static void engine_process(const char *socket, struct shared_result *res, size_t n)
+static void engine_process(const char *socket, void *arg, size_t n)
 {
+	struct shared_result *res = arg;
 	struct tqkv_client *c = connect_model(socket, &test_model);
 	struct tqkv_seq *s;
 
@@ -86,8 +87,7 @@ static void engine_process(const char *socket, struct shared_result *res, size_t
 	tqkv_client_free(c);  /* the sequence closes with the connection */
 }
 
-static void run_child(void (*fn)(const char *, struct shared_result *, size_t), const char *socket,
-		      struct shared_result *res, size_t n)
+static void run_child(void (*fn)(const char *, void *, size_t), const char *socket, void *res, size_t n)
 {
 	pid_t pid = fork();
 	int status;
@@ -731,4 +731,83 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 	unlink(st.path);
 	daemon_remove_dir(&d);
 	munmap(log, sizeof(*log));
+}
+
+/* A Gemma-style hybrid model: head_dim 128 and 64 layers, a sliding-window
+ * layer and a layer that reuses another's KV. */
+static const struct tqkv_layer_desc hybrid_layers[] = {
+	{ .n_kv_heads = 2, .head_dim = 128, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4 },
+	{ .n_kv_heads = 1, .head_dim = 64, .window = 128, .kv_source = -1, .k_kind = TQKV_KIND_TQ3,
+	  .v_kind = TQKV_KIND_TQ3_5, .flags = TQKV_LAYER_CENTER_KEYS },
+	{ .kv_source = 0 },
+};
+#define HYBRID_TOKENS 500
+#define HYBRID_OUT (4 * 128)  /* n_q_heads 4 x the largest head_dim */
+
+struct hybrid_result {
+	float out[3][HYBRID_OUT];
+	uint64_t cached;
+};
+
+static void hybrid_engine(const char *socket, void *arg, size_t n)
+{
+	struct hybrid_result *res = arg;
+	struct tqkv_model m = { .fingerprint = 0x6e33a, .n_layers = 3, .layers = hybrid_layers, .staging_tokens = 256,
+				.max_sequences = 2 };
+	struct tqkv_client *c = connect_model(socket, &m);
+	uint32_t ids[HYBRID_TOKENS];
+	struct tqkv_seq *s;
+	uint64_t cached;
+
+	prompt_ids(77, ids, n);
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, n, 0, &s, &cached), 0, "%s", tqkv_client_error(c));
+	for (uint64_t t = cached; t < n; t++) {
+		for (uint32_t l = 0; l < 2; l++) {
+			uint16_t k[2 * 128], v[2 * 128];
+			float f[2 * 128];
+			unsigned w = hybrid_layers[l].n_kv_heads * hybrid_layers[l].head_dim;
+
+			gaussian_fill(t * 131 + l, f, w);
+			for (unsigned i = 0; i < w; i++)
+				k[i] = tqkv_f32_to_f16(f[i] + (float)l);
+			gaussian_fill(t * 137 + l + 9, f, w);
+			for (unsigned i = 0; i < w; i++)
+				v[i] = tqkv_f32_to_f16(f[i]);
+			while (tqkv_seq_write(s, t, l, k, v) == -EAGAIN)
+				cr_assert_eq(tqkv_seq_wait(s, t + 1 - 256), 0);
+		}
+		cr_assert_eq(tqkv_seq_commit(s, t + 1), 0);
+	}
+	cr_assert_eq(tqkv_seq_wait(s, n / B * B), 0);
+	for (uint32_t l = 0; l < 3; l++) {
+		struct tqkv_layer_view v;
+		struct tqkv_attn a = { .n_q_heads = 4, .scale = 0.1f, .position = n - 1, .window = hybrid_layers[l].window };
+		float q[HYBRID_OUT];
+
+		gaussian_fill(5 + l, q, HYBRID_OUT);
+		cr_assert_eq(tqkv_seq_view_blocks(s, l, n, (n - 1) / B, &v), 0);
+		cr_assert_eq(v.head_dim, l == 1 ? 64u : 128u);
+		cr_assert_eq(tqkv_attend(&v, q, &a, res->out[l]), 0);
+	}
+	res->cached = cached;
+	tqkv_client_free(c);
+}
+
+/* Sharing works per layer: the second engine attaches the hybrid model's
+ * blocks and attends, windowed where the layer is, exactly as the first. */
+Test(prefix, hybrid_model_layers_share, .timeout = 60)
+{
+	struct hybrid_result *res = mmap(NULL, 2 * sizeof(*res), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+					 -1, 0);
+	struct test_daemon d;
+
+	cr_assert_neq(res, MAP_FAILED);
+	daemon_start(&d, NULL);
+	run_child(hybrid_engine, d.socket, &res[0], HYBRID_TOKENS);
+	run_child(hybrid_engine, d.socket, &res[1], HYBRID_TOKENS);
+	cr_assert_eq(res[0].cached, 0);
+	cr_assert_eq(res[1].cached, (HYBRID_TOKENS - 1) / B * B);
+	cr_assert_eq(memcmp(res[0].out, res[1].out, sizeof(res[0].out)), 0, "attention differs on a hit");
+	daemon_stop(&d);
+	munmap(res, 2 * sizeof(*res));
 }
