@@ -162,15 +162,22 @@ static void lru_remove(struct cache *c, struct cblock *b)
 	count(c, b, 0, 0, -1);
 }
 
-static void lru_push(struct cache *c, struct cblock *b)
+/* Links b in as the most recently used, or as the least with oldest. */
+static void lru_push(struct cache *c, struct cblock *b, bool oldest)
 {
-	b->lru_prev = c->lru_tail;
-	b->lru_next = NULL;
-	if (c->lru_tail)
-		c->lru_tail->lru_next = b;
-	else
-		c->lru_head = b;
-	c->lru_tail = b;
+	struct cblock **end = oldest ? &c->lru_head : &c->lru_tail, **other = oldest ? &c->lru_tail : &c->lru_head;
+
+	b->lru_prev = oldest ? NULL : *end;
+	b->lru_next = oldest ? *end : NULL;
+	if (*end) {
+		if (oldest)
+			(*end)->lru_prev = b;
+		else
+			(*end)->lru_next = b;
+	} else {
+		*other = b;
+	}
+	*end = b;
 	b->in_lru = true;
 	count(c, b, 0, 0, 1);
 }
@@ -181,32 +188,24 @@ void cache_ref(struct cache *c, struct cblock *b)
 	b->refs++;
 }
 
-bool cache_unref(struct cache *c, struct cblock *b)
+static bool unref(struct cache *c, struct cblock *b, bool oldest)
 {
 	if (--b->refs > 0)
 		return false;
 	if (!b->indexed)
 		return true;
-	lru_push(c, b);
+	lru_push(c, b, oldest);
 	return false;
+}
+
+bool cache_unref(struct cache *c, struct cblock *b)
+{
+	return unref(c, b, false);
 }
 
 bool cache_unref_oldest(struct cache *c, struct cblock *b)
 {
-	if (--b->refs > 0)
-		return false;
-	if (!b->indexed)
-		return true;
-	b->lru_prev = NULL;
-	b->lru_next = c->lru_head;
-	if (c->lru_head)
-		c->lru_head->lru_prev = b;
-	else
-		c->lru_tail = b;
-	c->lru_head = b;
-	b->in_lru = true;
-	count(c, b, 0, 0, 1);
-	return false;
+	return unref(c, b, true);
 }
 
 struct cblock *cache_evict(struct cache *c, const struct cache_usage *only)

@@ -1186,12 +1186,32 @@ static int do_seq_trim(struct client *c, const struct tqkv_msg_header *h, struct
 	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
 }
 
+/* Root and the daemon's own user see and manage every tenant. */
+static bool sees_all_tenants(const struct client *c)
+{
+	return c->uid == 0 || c->uid == getuid();
+}
+
+/* Sends what was written to an open_memstream() as the reply. */
+static int reply_memstream(struct client *c, const struct tqkv_msg_header *h, FILE *f, char **buf, size_t *len)
+{
+	int r;
+
+	if (fclose(f) != 0 || !*buf) {
+		free(*buf);
+		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	}
+	r = reply(c, h->opcode, h->serial, *buf, *len);
+	free(*buf);
+	return r;
+}
+
 /* Drops the cached blocks no sequence holds: the caller's tenant's, or
  * every tenant's when the caller is root or the daemon's own user. */
 static int do_flush(struct client *c, const struct tqkv_msg_header *h)
 {
 	struct server *s = c->server;
-	bool all = c->uid == 0 || c->uid == getuid();
+	bool all = sees_all_tenants(c);
 	struct tqkv_flush_reply rep = { 0 };
 	struct cblock *b;
 
@@ -1229,12 +1249,11 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 {
 	struct server *s = c->server;
 	const struct cache_usage *u = cache_usage(s->cache);
-	bool all = c->uid == 0 || c->uid == getuid();
+	bool all = sees_all_tenants(c);
 	uint64_t sequences = 0, tail = 0;
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
-	int r;
 
 	if (!f)
 		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
@@ -1295,22 +1314,15 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 			(unsigned long long)t->prefix_hit_tokens, ratio(t->prefix_hit_tokens, t->prefix_query_tokens));
 		print_usage(f, &t->usage);
 	}
-	if (fclose(f) != 0 || !buf) {
-		free(buf);
-		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
-	}
-	r = reply(c, h->opcode, h->serial, buf, len);
-	free(buf);
-	return r;
+	return reply_memstream(c, h, f, &buf, &len);
 }
 
 static int do_list(struct client *c, const struct tqkv_msg_header *h)
 {
-	bool all = c->uid == 0 || c->uid == getuid();
+	bool all = sees_all_tenants(c);
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
-	int r;
 
 	if (!f)
 		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
@@ -1333,13 +1345,7 @@ static int do_list(struct client *c, const struct tqkv_msg_header *h)
 				q->private);
 		}
 	}
-	if (fclose(f) != 0 || !buf) {
-		free(buf);
-		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
-	}
-	r = reply(c, h->opcode, h->serial, buf, len);
-	free(buf);
-	return r;
+	return reply_memstream(c, h, f, &buf, &len);
 }
 
 /* Validation in STYLE.md's order, then dispatch.  Returns < 0 when the

@@ -537,6 +537,26 @@ static void fd_store_hand_back(void *arg)
 	setenv("LISTEN_FDNAMES", names, 1);
 }
 
+/* The notify socket in the daemon's directory. */
+static void fd_store_open(struct fd_store *st, const struct test_daemon *d)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	snprintf(st->path, sizeof(st->path), "%s/notify", d->dir);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", st->path);
+	snprintf(st->env, sizeof(st->env), "NOTIFY_SOCKET=%s", st->path);
+	st->sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(bind(st->sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+}
+
+static void fd_store_close(struct fd_store *st)
+{
+	for (unsigned i = 0; i < st->n; i++)
+		close(st->fds[i]);
+	close(st->sock);
+	unlink(st->path);
+}
+
 static void fd_store_start(struct test_daemon *d, struct fd_store *st)
 {
 	const char *argv[] = { getenv("TQKVD"), DAEMON_ARGS(d), "--set", "snapshot_interval=0", NULL };
@@ -550,7 +570,6 @@ static void fd_store_start(struct test_daemon *d, struct fd_store *st)
 Test(prefix, fd_store_survives_sigkill, .timeout = 60)
 {
 	float out[N_LAYERS][HEADS * HEAD_DIM];
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct fd_store st = { 0 };
 	struct test_daemon d;
 	struct tqkv_client *c;
@@ -559,11 +578,7 @@ Test(prefix, fd_store_survives_sigkill, .timeout = 60)
 	int status;
 
 	daemon_make_dir(&d);
-	snprintf(st.path, sizeof(st.path), "%s/notify", d.dir);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", st.path);
-	snprintf(st.env, sizeof(st.env), "NOTIFY_SOCKET=%s", st.path);
-	st.sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	cr_assert_eq(bind(st.sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	fd_store_open(&st, &d);
 	fd_store_start(&d, &st);
 
 	c = connect_model(d.socket, &test_model);
@@ -591,8 +606,7 @@ Test(prefix, fd_store_survives_sigkill, .timeout = 60)
 	daemon_terminate(&d);
 	fd_store_drain(&st);
 	cr_assert_eq(st.n, 0, "%u fds parked after a clean stop", st.n);
-	close(st.sock);
-	unlink(st.path);
+	fd_store_close(&st);
 	daemon_remove_dir(&d);
 }
 
@@ -676,7 +690,6 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 {
 	const char *extra[] = { "--set", "snapshot_interval=1", "--worker-threads", "2", NULL };
 	struct crash_log *log = mmap(NULL, sizeof(*log), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct fd_store st = { 0 };
 	struct test_daemon d;
 	uint64_t seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)time(NULL), blocks = 0;
@@ -686,11 +699,7 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 
 	cr_assert_neq(log, MAP_FAILED);
 	daemon_make_dir(&d);
-	snprintf(st.path, sizeof(st.path), "%s/notify", d.dir);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", st.path);
-	snprintf(st.env, sizeof(st.env), "NOTIFY_SOCKET=%s", st.path);
-	st.sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	cr_assert_eq(bind(st.sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	fd_store_open(&st, &d);
 	{
 		const char *argv[] = { getenv("TQKVD"), DAEMON_ARGS(&d), extra[0], extra[1], extra[2], extra[3], NULL };
 		const char *env[] = { st.env, NULL };
@@ -725,10 +734,7 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 		    atomic_load(&log->reconnects), atomic_load(&log->errors));
 	daemon_terminate(&d);
 	fd_store_drain(&st);
-	for (unsigned i = 0; i < st.n; i++)
-		close(st.fds[i]);
-	close(st.sock);
-	unlink(st.path);
+	fd_store_close(&st);
 	daemon_remove_dir(&d);
 	munmap(log, sizeof(*log));
 }
