@@ -681,6 +681,17 @@ static uint64_t crash_verify(const char *socket, struct crash_log *log)
 	return blocks;
 }
 
+/* Polls (1 ms) until path exists; false after timeout_ms. */
+static bool wait_for_file(const char *path, unsigned timeout_ms)
+{
+	for (unsigned i = 0; i < timeout_ms; i++) {
+		if (access(path, F_OK) == 0)
+			return true;
+		sleep_ms(1);
+	}
+	return false;
+}
+
 /* The crash suite: the daemon is killed with SIGKILL at random moments
  * while an engine appends (blocks being compressed, background snapshots
  * every second), and restarted with what its fd store held.  No published
@@ -693,7 +704,8 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 	struct fd_store st = { 0 };
 	struct test_daemon d;
 	uint64_t seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)time(NULL), blocks = 0;
-	unsigned kills = 0;
+	unsigned kills = 0, mid_snapshot = 0;
+	char tmp[128];
 	pid_t engine;
 	int status;
 
@@ -706,6 +718,7 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 
 		daemon_spawn_with(&d, argv, env, NULL, NULL);
 	}
+	snprintf(tmp, sizeof(tmp), "%s/cache.snapshot.tmp", d.dir);
 	engine = fork();
 	if (engine == 0) {
 		crash_engine(d.socket, log);
@@ -716,11 +729,16 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 		const char *env[] = { st.env, NULL };
 
 		sleep_ms(150 + (unsigned)(splitmix64_next(&seed) % 600));
+		/* Every other round, wait for a background snapshot to be
+		 * writing and kill the daemon in the middle of it. */
+		if (round % 2 && wait_for_file(tmp, 3000))
+			mid_snapshot++;
 		fd_store_drain(&st);
 		kill(d.pid, SIGKILL);
 		cr_assert_eq(waitpid(d.pid, &status, 0), d.pid);
 		harness_daemon_pid = 0;
 		kills++;
+		unlink(tmp);  /* what the killed writer left; the next one starts afresh */
 		daemon_spawn_with(&d, argv, env, st.n ? fd_store_hand_back : NULL, &st);
 	}
 	atomic_store(&log->stop, 1);
@@ -729,9 +747,10 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 	cr_assert_gt(atomic_load(&log->n_published), 8, "the engine published only %u prompts",
 		     atomic_load(&log->n_published));
 	blocks = crash_verify(d.socket, log);
-	cr_log_info("crash suite: %u kills and restarts, %u prompts / %llu blocks verified, engine reconnected %u times "
-		    "after %u errors", kills, atomic_load(&log->n_published), (unsigned long long)blocks,
-		    atomic_load(&log->reconnects), atomic_load(&log->errors));
+	cr_assert_gt(mid_snapshot, 0, "no kill landed during a snapshot");
+	cr_log_info("crash suite: %u kills and restarts (%u during a snapshot), %u prompts / %llu blocks verified, "
+		    "engine reconnected %u times after %u errors", kills, mid_snapshot, atomic_load(&log->n_published),
+		    (unsigned long long)blocks, atomic_load(&log->reconnects), atomic_load(&log->errors));
 	daemon_terminate(&d);
 	fd_store_drain(&st);
 	fd_store_close(&st);
