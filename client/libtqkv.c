@@ -832,8 +832,10 @@ TQKV_EXPORT const void *tqkv_view_page(const struct tqkv_layer_view *v, uint64_t
 	h = (const void *)(v->arena + rec);
 	off = ((const uint64_t *)(v->arena + rec + MODEL_PAGE_TABLE_OFFSET))[v->page_index + head * 2 + stream];
 	size = tqkv_page_size(v->codecs[head * 2 + stream], v->block_tokens);
-	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - rec || off > h->record_bytes ||
-	    size > h->record_bytes - off)
+	/* Offset 0: a windowed layer's page the daemon freed (out of the
+	 * window); record_bytes shrank then too. */
+	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - rec || off < MODEL_PAGE_TABLE_OFFSET ||
+	    off > h->record_bytes || size > h->record_bytes - off)
 		return NULL;
 	if (ret_size)
 		*ret_size = size;

@@ -167,7 +167,7 @@ static bool is_counter(const char *key)
 {
 	static const char *const counters[] = {
 		"blocks_compressed", "blocks_freed",  "prefix_lookups", "prefix_query_tokens", "prefix_hit_tokens",
-		"evicted_blocks",    "evicted_bytes", "compress_failures",
+		"evicted_blocks",    "evicted_bytes", "compress_failures",   "window_freed_blocks", "window_freed_bytes",
 	};
 	size_t n = strlen(key);
 

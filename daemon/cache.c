@@ -62,13 +62,14 @@ static void count(struct cache *c, struct cblock *b, int64_t blocks, int64_t ind
 		u[i]->bytes += (uint64_t)blocks * b->bytes;
 		u[i]->fp16_bytes += (uint64_t)blocks * b->fp16_bytes;
 		u[i]->indexed += (uint64_t)indexed;
-		u[i]->lru_blocks += (uint64_t)lru;
-		u[i]->lru_bytes += (uint64_t)lru * b->bytes;
+		/* A held block is in the list for its window pages only. */
+		u[i]->lru_blocks += b->refs ? 0 : (uint64_t)lru;
+		u[i]->lru_bytes += (uint64_t)lru * (b->refs ? b->window_bytes : b->bytes);
 	}
 }
 
 struct cblock *cache_block_new(struct cache *c, struct cache_usage *usage, uint64_t offset, uint64_t bytes,
-			       uint64_t fp16_bytes)
+			       uint64_t fp16_bytes, uint64_t window_bytes)
 {
 	struct cblock *b = calloc(1, sizeof(*b));
 
@@ -78,6 +79,8 @@ struct cblock *cache_block_new(struct cache *c, struct cache_usage *usage, uint6
 	b->bytes = bytes;
 	b->fp16_bytes = fp16_bytes;
 	b->refs = 1;
+	b->window_refs = 1;
+	b->window_bytes = window_bytes;
 	b->usage = usage;
 	count(c, b, 1, 0, 0);
 	return b;
@@ -186,10 +189,15 @@ void cache_ref(struct cache *c, struct cblock *b)
 {
 	lru_remove(c, b);
 	b->refs++;
+	b->window_refs++;
 }
 
-static bool unref(struct cache *c, struct cblock *b, bool oldest)
+static bool unref(struct cache *c, struct cblock *b, bool passed, bool oldest)
 {
+	if (!passed)
+		b->window_refs--;
+	if (b->refs == 1)
+		lru_remove(c, b);  /* its window pages go back with the whole block */
 	if (--b->refs > 0)
 		return false;
 	if (!b->indexed)
@@ -198,14 +206,46 @@ static bool unref(struct cache *c, struct cblock *b, bool oldest)
 	return false;
 }
 
-bool cache_unref(struct cache *c, struct cblock *b)
+bool cache_unref(struct cache *c, struct cblock *b, bool passed)
 {
-	return unref(c, b, false);
+	return unref(c, b, passed, false);
 }
 
 bool cache_unref_oldest(struct cache *c, struct cblock *b)
 {
-	return unref(c, b, true);
+	return unref(c, b, false, true);
+}
+
+bool cache_window_pass(struct cache *c, struct cblock *b)
+{
+	if (--b->window_refs > 0 || !b->window_bytes)
+		return false;
+	if (!b->indexed)
+		return true;
+	lru_push(c, b, false);
+	return false;
+}
+
+void cache_window_unpass(struct cache *c, struct cblock *b)
+{
+	if (b->refs)
+		lru_remove(c, b);
+	b->window_refs++;
+}
+
+void cache_window_learn(struct cblock *b, uint64_t window_bytes)
+{
+	if (!b->in_lru)
+		b->window_bytes = window_bytes;
+}
+
+void cache_window_drop(struct cache *c, struct cblock *b)
+{
+	lru_remove(c, b);
+	count(c, b, -1, 0, 0);
+	b->bytes -= b->window_bytes;
+	b->window_bytes = 0;
+	count(c, b, 1, 0, 0);
 }
 
 struct cblock *cache_evict(struct cache *c, const struct cache_usage *only)
@@ -217,7 +257,8 @@ struct cblock *cache_evict(struct cache *c, const struct cache_usage *only)
 	if (!b)
 		return NULL;
 	lru_remove(c, b);
-	unindex(c, b);
+	if (!b->refs)
+		unindex(c, b);
 	return b;
 }
 
@@ -237,10 +278,11 @@ void cache_for_each_indexed(const struct cache *c, void (*fn)(void *userdata, st
 {
 	for (size_t i = 0; i < c->n_buckets; i++)
 		for (struct cblock *b = c->buckets[i]; b; b = b->hnext)
-			if (!b->in_lru)
+			if (b->refs)
 				fn(userdata, b);
 	for (struct cblock *b = c->lru_tail; b; b = b->lru_prev)
-		fn(userdata, b);
+		if (!b->refs)
+			fn(userdata, b);
 }
 
 XXH128_hash_t prefix_root(const void *key, size_t key_size)

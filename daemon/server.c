@@ -57,6 +57,7 @@ struct sequence {
 	uint32_t *ids;        /* token ids, from SEQ_OPEN and SEQ_TOKENS */
 	uint64_t n_ids, ids_cap;
 	uint64_t n_hashed;    /* leading blocks whose hash is known */
+	uint64_t window_passed;  /* leading blocks whose window pages it no longer needs */
 	bool private;         /* TQKV_SEQ_PRIVATE */
 	bool attaching;       /* opened with a prompt, nothing committed since */
 	bool job_in_flight, closed;
@@ -120,6 +121,7 @@ struct server_stats {
 	uint64_t sequences_total;
 	uint64_t prefix_lookups, prefix_query_tokens, prefix_hit_tokens;
 	uint64_t evicted_blocks, evicted_bytes;
+	uint64_t window_freed_blocks, window_freed_bytes;
 	uint64_t snapshot_loaded_blocks;
 	uint64_t fdstore_adopted_blocks;
 };
@@ -334,11 +336,60 @@ static void free_block(struct server *s, struct cblock *b)
 	s->stats.blocks_freed++;
 }
 
-static void evicted(struct server *s, struct cblock *b)
+/* Where a block lies, for its tenant's directory. */
+static struct dir_entry directory_entry(const struct cblock *b)
 {
+	return (struct dir_entry){ .hash = b->hash, .offset = b->offset, .bytes = b->bytes, .fp16_bytes = b->fp16_bytes,
+				   .means_offset = b->means_arena_offset, .means_bytes = (uint32_t)b->means_arena_bytes };
+}
+
+/*
+ * Frees the windowed layers' pages at the end of b's record.  Clients
+ * attend only inside the window, so none reads them; still, the page
+ * table forgets them and the record's size shrinks before the bytes are
+ * reused, so that a stray read finds no page (tqkv_view_page()).  The
+ * directory entry is rewritten: a kill in between loses the block from
+ * the fd store, never serves it with a wrong size.
+ */
+static void free_window(struct server *s, struct cblock *b)
+{
+	struct tenant *t = tenant_of_usage(b->usage);
+	uint8_t *rec = arena_ptr(t->arena, b->offset);
+	struct tqkv_block_header *h = (struct tqkv_block_header *)rec;
+	uint64_t *table = (uint64_t *)(rec + MODEL_PAGE_TABLE_OFFSET);
+	uint64_t keep = b->bytes - b->window_bytes, freed = b->window_bytes;
+	struct dir_entry e;
+
+	if (b->dir_slot)
+		directory_clear(t->dir, b->dir_slot);
+	for (uint64_t i = 0; i < h->n_pages && MODEL_PAGE_TABLE_OFFSET + 8 * (i + 1) <= keep; i++)
+		if (table[i] >= keep)
+			table[i] = 0;
+	h->record_bytes = keep;
+	cache_window_drop(s->cache, b);
+	if (b->dir_slot) {
+		e = directory_entry(b);
+		b->dir_slot = directory_put(t->dir, &e);
+	}
+	tenant_release(s, t, b->offset + keep, freed);
+	s->stats.window_freed_blocks++;
+	s->stats.window_freed_bytes += freed;
+}
+
+/* Frees what cache_evict() returned: an unheld block, or a held block's
+ * window pages.  Returns the bytes. */
+static uint64_t evict(struct server *s, struct cblock *b)
+{
+	uint64_t bytes = b->refs ? b->window_bytes : b->bytes;
+
+	if (b->refs) {
+		free_window(s, b);
+		return bytes;
+	}
 	s->stats.evicted_blocks++;
-	s->stats.evicted_bytes += b->bytes;
+	s->stats.evicted_bytes += bytes;
 	free_block(s, b);
+	return bytes;
 }
 
 /* Allocates bytes in the tenant's arena, evicting unheld cached blocks
@@ -363,7 +414,7 @@ static int alloc_evicting(struct server *s, struct tenant *t, uint64_t size, uin
 		b = cache_evict(s->cache, over_budget && !over_quota ? NULL : &t->usage);
 		if (!b)
 			return -ENOMEM;
-		evicted(s, b);
+		evict(s, b);
 	}
 }
 
@@ -375,11 +426,40 @@ static void drop_blocks(struct server *s, struct sequence *q, uint64_t from)
 	while (q->n_blocks > from) {
 		struct cblock *b = q->blocks[--q->n_blocks];
 
-		if (cache_unref(s->cache, b))
+		if (cache_unref(s->cache, b, q->n_blocks < q->window_passed))
 			free_block(s, b);
 	}
 	if (q->n_hashed > q->n_blocks)
 		q->n_hashed = q->n_blocks;
+	if (q->window_passed > q->n_blocks)
+		q->window_passed = q->n_blocks;
+}
+
+/* The leading blocks whose window pages a sequence with committed tokens
+ * no longer needs: their last token is more than the window plus the
+ * staging ring behind.  The ring is the slack engines get: a windowed
+ * layer may be attended at position p while at most p + staging_tokens
+ * tokens are committed (docs/PROTOCOL.md). */
+static uint64_t window_frontier(const struct model *m, uint64_t committed)
+{
+	uint64_t edge = (uint64_t)m->window + m->reg.staging_tokens;
+
+	return m->window && committed > edge ? (committed - edge) / m->block_tokens : 0;
+}
+
+static bool has_window_pages(const struct model *m, const struct cblock *b)
+{
+	return b->bytes == m->block_bytes;
+}
+
+/* q no longer needs the window pages of blocks before its frontier. */
+static void pass_windows(struct server *s, struct sequence *q)
+{
+	uint64_t frontier = window_frontier(q->client->model, q->committed);
+
+	while (q->window_passed < frontier && q->window_passed < q->n_blocks)
+		if (cache_window_pass(s->cache, q->blocks[q->window_passed++]))
+			free_window(s, q->blocks[q->window_passed - 1]);
 }
 
 /* Indexes b; with the fd store, also in its tenant's directory, its key
@@ -391,15 +471,13 @@ static void index_block(struct server *s, struct cblock *b, XXH128_hash_t hash)
 
 	if (!cache_index(s->cache, b, hash) || !t->dir)
 		return;
-	e = (struct dir_entry){ .hash = hash, .offset = b->offset, .bytes = b->bytes, .fp16_bytes = b->fp16_bytes };
 	if (b->means) {
 		if (alloc_evicting(s, t, b->means_bytes, &b->means_arena_offset) < 0)
 			return;
 		b->means_arena_bytes = b->means_bytes;
 		memcpy(arena_ptr(t->arena, b->means_arena_offset), b->means, b->means_bytes);
-		e.means_offset = b->means_arena_offset;
-		e.means_bytes = (uint32_t)b->means_bytes;
 	}
+	e = directory_entry(b);
 	b->dir_slot = directory_put(t->dir, &e);
 }
 
@@ -572,6 +650,7 @@ static void on_job_done(struct job *j, void *userdata)
 		s->stats.blocks_compressed++;
 		s->stats.encode_nsec += j->encode_nsec;
 		hash_blocks(s, q);
+		pass_windows(s, q);
 	} else {
 		tenant_release(s, c->tenant, q->job_block->offset, q->job_block->bytes);
 		cache_block_free(s->cache, q->job_block);
@@ -610,7 +689,7 @@ static void schedule(struct sequence *q)
 		return;
 	}
 	q->job_block = cache_block_new(s->cache, &c->tenant->usage, off, m->block_bytes,
-				       (uint64_t)m->block_tokens * m->token_bytes);
+				       (uint64_t)m->block_tokens * m->token_bytes, m->block_bytes - m->keep_bytes);
 	if (!q->job_block) {
 		tenant_release(s, c->tenant, off, m->block_bytes);
 		return;
@@ -905,9 +984,12 @@ static const char *seq_create_error(int r)
 static void seq_adopt(struct sequence *q, struct cblock *const *blocks, uint64_t n, const float *means)
 {
 	struct server *s = q->client->server;
+	const struct model *m = q->client->model;
 
 	for (uint64_t i = 0; i < n; i++) {
 		cache_ref(s->cache, blocks[i]);
+		if (m->window && has_window_pages(m, blocks[i]))
+			cache_window_learn(blocks[i], m->block_bytes - m->keep_bytes);
 		q->blocks[q->n_blocks] = blocks[i];
 		q->table[q->n_blocks++] = blocks[i]->offset;
 	}
@@ -918,15 +1000,29 @@ static void seq_adopt(struct sequence *q, struct cblock *const *blocks, uint64_t
 	atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, q->n_blocks, memory_order_release);
 }
 
+/* Whether a sequence holding q's first n blocks would lack window pages
+ * it needs: those of blocks inside the window of token n * B. */
+static bool window_gap(const struct sequence *q, uint64_t n)
+{
+	const struct model *m = q->client->model;
+
+	for (uint64_t i = window_frontier(m, n * m->block_tokens); m->window && i < n; i++)
+		if (!has_window_pages(m, q->blocks[i]))
+			return true;
+	return false;
+}
+
 /* Extends q with the longest chain of indexed blocks that continues its
  * blocks along its token ids, up to the block before the one holding the
- * last id.  Only while everything q has is attached: a prompt too long for
- * one message arrives in SEQ_TOKENS after SEQ_OPEN. */
+ * last id, and ending where the window pages it needs still exist.  Only
+ * while everything q has is attached: a prompt too long for one message
+ * arrives in SEQ_TOKENS after SEQ_OPEN. */
 static void attach_prefix(struct sequence *q)
 {
 	struct client *c = q->client;
 	struct server *s = c->server;
-	uint32_t B = c->model->block_tokens;
+	const struct model *m = c->model;
+	uint32_t B = m->block_tokens;
 	uint64_t first = q->n_blocks, max = q->n_ids ? (q->n_ids - 1) / B : 0, n;
 	XXH128_hash_t h;
 
@@ -940,12 +1036,22 @@ static void attach_prefix(struct sequence *q)
 
 		h = prefix_next(h, q->ids + n * B, B);
 		b = cache_lookup(s->cache, h);
-		if (!b || b->bytes != c->model->block_bytes || (q->means_bytes && n == 0 && !b->means))
+		if (!b || (b->bytes != m->block_bytes && b->bytes != m->keep_bytes) ||
+		    (q->means_bytes && n == 0 && !b->means))
 			break;
 		if (reserve_block(q) < 0)
 			break;
 		seq_adopt(q, &b, 1, b->means);
 	}
+	/* Nothing is told to the client yet: stepping back is free. */
+	while (n > first && window_gap(q, n))
+		n--;
+	if (n < q->n_blocks) {
+		drop_blocks(s, q, n);
+		q->committed = n * B;
+		atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, n, memory_order_release);
+	}
+	pass_windows(s, q);
 	c->tenant->prefix_hit_tokens += (n - first) * B;
 	s->stats.prefix_hit_tokens += (n - first) * B;
 }
@@ -1060,6 +1166,7 @@ static int do_seq_tokens(struct client *c, const struct tqkv_msg_header *h, stru
 		q->committed = req.n_tokens;
 		q->attaching = false;
 		schedule(q);
+		pass_windows(c->server, q);
 	} else {
 		struct waiter *w;
 
@@ -1153,7 +1260,24 @@ static int do_seq_fork(struct client *c, const struct tqkv_msg_header *h, struct
 	q->blocks_cap = src->n_blocks ? src->n_blocks : 1;
 	seq_adopt(q, src->blocks, src->n_blocks, q->means_bytes ? arena_ptr(c->tenant->arena, src->means_offset) : NULL);
 	q->n_hashed = src->n_hashed;
+	/* It continues from where src is: what src passed, it has passed. */
+	while (q->window_passed < src->window_passed)
+		if (cache_window_pass(c->server->cache, q->blocks[q->window_passed++]))
+			free_window(c->server, q->blocks[q->window_passed - 1]);
 	return reply_opened(c, h, q);
+}
+
+/* Going back to keep tokens, q needs again the window pages of the blocks
+ * it had passed since: false if some are freed already. */
+static bool windows_regained(const struct sequence *q, uint64_t keep)
+{
+	const struct model *m = q->client->model;
+	uint64_t end = keep / m->block_tokens < q->window_passed ? keep / m->block_tokens : q->window_passed;
+
+	for (uint64_t i = window_frontier(m, keep); i < end; i++)
+		if (!has_window_pages(m, q->blocks[i]))
+			return false;
+	return true;
 }
 
 static int do_seq_trim(struct client *c, const struct tqkv_msg_header *h, struct msg_reader *rd)
@@ -1173,6 +1297,10 @@ static int do_seq_trim(struct client *c, const struct tqkv_msg_header *h, struct
 	keep = req.n_tokens < q->committed ? req.n_tokens : q->committed;
 	if (keep < q->n_blocks * B)
 		keep = keep / B * B;
+	if (!windows_regained(q, keep))
+		return reply_error(c, h->opcode, h->serial, ENODATA,
+				   "sequence %u: pages of its sliding-window layers that token %llu needs are freed; "
+				   "trim to a later token", q->id, (unsigned long long)keep);
 	q->committed = keep;
 	q->attaching = false;
 	if (q->n_ids > keep)
@@ -1182,6 +1310,8 @@ static int do_seq_trim(struct client *c, const struct tqkv_msg_header *h, struct
 		atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, q->n_blocks, memory_order_release);
 		retry_stalled(c->server);
 	}
+	while (q->window_passed > window_frontier(c->model, keep))
+		cache_window_unpass(c->server->cache, q->blocks[--q->window_passed]);
 	rep = (struct tqkv_seq_tokens_reply){ q->committed, published_tokens(q) };
 	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
 }
@@ -1216,9 +1346,8 @@ static int do_flush(struct client *c, const struct tqkv_msg_header *h)
 	struct cblock *b;
 
 	while ((b = cache_evict(s->cache, all ? NULL : &c->tenant->usage))) {
-		rep.blocks++;
-		rep.bytes += b->bytes;
-		free_block(s, b);
+		rep.blocks += !b->refs;
+		rep.bytes += evict(s, b);
 	}
 	log_info("client %u (pid %d, uid %u): flushed %llu cached blocks (%llu bytes)%s", c->id, (int)c->pid,
 		 (unsigned)c->uid, (unsigned long long)rep.blocks, (unsigned long long)rep.bytes,
@@ -1279,7 +1408,8 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		"# Cache\n"
 		"prefix_lookups:%llu\nprefix_query_tokens:%llu\nprefix_hit_tokens:%llu\nprefix_hit_rate:%.4f\n"
 		"blocks_indexed:%llu\nblocks_cached:%llu\nbytes_pinned:%llu\nbytes_cached:%llu\n"
-		"evicted_blocks:%llu\nevicted_bytes:%llu\nsnapshot_loaded_blocks:%llu\nfdstore_adopted_blocks:%llu\n"
+		"evicted_blocks:%llu\nevicted_bytes:%llu\nwindow_freed_blocks:%llu\nwindow_freed_bytes:%llu\n"
+		"snapshot_loaded_blocks:%llu\nfdstore_adopted_blocks:%llu\n"
 		"# Worker\n"
 		"worker_threads:%u\nworker_queue_depth:%u\ncompress_usec_total:%llu\ncompress_failures:%llu\n"
 		"# Requests\n"
@@ -1299,6 +1429,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		(unsigned long long)u->indexed, (unsigned long long)u->lru_blocks,
 		(unsigned long long)(u->bytes - u->lru_bytes), (unsigned long long)u->lru_bytes,
 		(unsigned long long)s->stats.evicted_blocks, (unsigned long long)s->stats.evicted_bytes,
+		(unsigned long long)s->stats.window_freed_blocks, (unsigned long long)s->stats.window_freed_bytes,
 		(unsigned long long)s->stats.snapshot_loaded_blocks, (unsigned long long)s->stats.fdstore_adopted_blocks,
 		s->cfg->worker_threads, worker_queue_depth(s->pool),
 		(unsigned long long)(s->stats.encode_nsec / 1000u), (unsigned long long)s->stats.compress_failures,
@@ -1853,7 +1984,7 @@ static int restore_block(struct server *s, struct tenant *t, XXH128_hash_t hash,
 	 * for the ones after. */
 	if (s->arena_used + bytes > s->cfg->memory_budget || alloc_evicting(s, t, bytes, &off) < 0)
 		return -ENOMEM;
-	blk = cache_block_new(s->cache, &t->usage, off, bytes, fp16_bytes);
+	blk = cache_block_new(s->cache, &t->usage, off, bytes, fp16_bytes, 0);
 	if (blk && means_bytes) {
 		blk->means = malloc(means_bytes);
 		if (blk->means) {

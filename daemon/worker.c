@@ -32,7 +32,6 @@ int compress_block(const struct model *m, const uint8_t *staging_slot, uint32_t 
 	const uint8_t *rows = staging_slot + ring * m->token_bytes;  /* a block never wraps */
 	struct tqkv_block_header *h = (struct tqkv_block_header *)record;
 	uint64_t *table = (uint64_t *)(record + MODEL_PAGE_TABLE_OFFSET);
-	uint64_t off = (MODEL_PAGE_TABLE_OFFSET + (uint64_t)m->n_pages * 8 + 63) & ~(uint64_t)63;
 
 	/*
 	 * Copy the block out of the client's memory (read exactly once) and
@@ -60,6 +59,7 @@ int compress_block(const struct model *m, const uint8_t *staging_slot, uint32_t 
 	for (uint32_t l = 0; l < m->reg.n_layers; l++) {
 		const struct model_layer *ml = &m->layers[l];
 		uint32_t bytes = ml->desc.head_dim * 2u;
+		uint64_t off = ml->record_offset;
 
 		if (ml->desc.kv_source >= 0)
 			continue;

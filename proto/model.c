@@ -109,11 +109,54 @@ static int build_layer(struct model *m, uint32_t i, const struct tqkv_layer_desc
 	return 0;
 }
 
+/*
+ * A stored layer is windowed when it and every layer reusing its KV have a
+ * sliding window: its pages serve the largest of those windows.  The
+ * record holds the page table, the other layers' pages, then the windowed
+ * layers' (64-byte aligned), so that the daemon can free the latter alone.
+ */
+static void layout_record(struct model *m)
+{
+	uint64_t off = align64(MODEL_PAGE_TABLE_OFFSET + (uint64_t)m->n_pages * 8);
+
+	for (uint32_t i = 0; i < m->reg.n_layers; i++) {
+		struct model_layer *l = &m->layers[i];
+		int16_t src = l->desc.kv_source;
+
+		if (src < 0)
+			l->window = l->desc.window;
+		else if (!l->desc.window || !m->layers[src].window)
+			m->layers[src].window = 0;
+		else if (l->desc.window > m->layers[src].window)
+			m->layers[src].window = l->desc.window;
+	}
+	m->window = 0;
+	for (unsigned windowed = 0; windowed < 2; windowed++) {
+		for (uint32_t i = 0; i < m->reg.n_layers; i++) {
+			struct model_layer *l = &m->layers[i];
+
+			if (l->desc.kv_source >= 0 || (l->window != 0) != windowed)
+				continue;
+			l->record_offset = off;
+			off += (uint64_t)l->desc.n_kv_heads * (l->page_bytes[0] + l->page_bytes[1]);
+			if (l->window > m->window)
+				m->window = l->window;
+		}
+		if (!windowed) {
+			m->keep_bytes = off;
+			off = align64(off);
+		}
+	}
+	m->block_bytes = m->window ? off : m->keep_bytes;
+	if (m->window)
+		m->keep_bytes = align64(m->keep_bytes);
+}
+
 int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_desc *layers,
 	      const struct model_limits *limits, struct model **ret, char *err, size_t errlen)
 {
 	struct model *m;
-	uint64_t row = 0, pages_bytes = 0, pages = 0, means = 0;
+	uint64_t row = 0, pages = 0, means = 0;
 	int r;
 
 	r = validate(reg, layers, limits, err, errlen);
@@ -147,7 +190,6 @@ int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_des
 			means += (uint64_t)l->desc.n_kv_heads * l->desc.head_dim;
 		}
 		pages += 2u * l->desc.n_kv_heads;
-		pages_bytes += (uint64_t)l->desc.n_kv_heads * (l->page_bytes[0] + l->page_bytes[1]);
 	}
 	/* Raised limits could push these past 32 bits: refuse, never wrap. */
 	if (row > (1u << 30) || pages > (1u << 24) || means > (1u << 28)) {
@@ -158,7 +200,7 @@ int model_new(const struct tqkv_register_model *reg, const struct tqkv_layer_des
 	m->token_bytes = (uint32_t)row;
 	m->n_pages = (uint32_t)pages;
 	m->mean_floats = (uint32_t)means;
-	m->block_bytes = align64(MODEL_PAGE_TABLE_OFFSET + (uint64_t)m->n_pages * 8) + pages_bytes;
+	layout_record(m);
 	m->slot_bytes = align64((uint64_t)reg->staging_tokens * m->token_bytes);
 	*ret = m;
 	return 0;

@@ -30,6 +30,9 @@ struct model_layer {
 	uint32_t page_index;     /* first of this layer's 2 * n_kv_heads pages in a block */
 	uint32_t page_bytes[2];  /* K and V page sizes for one block */
 	uint32_t mean_index;     /* first float of this layer's key means, if centered */
+	uint32_t window;         /* its pages serve only the last window tokens (it and the
+				  * layers reusing its KV are windowed); 0 = every token */
+	uint64_t record_offset;  /* its first page in a block record; heads' K then V follow */
 	struct tqkv_codec **codecs;  /* [head * 2 + stream], NULL when the layer reuses KV */
 };
 
@@ -39,6 +42,9 @@ struct model {
 	uint32_t token_bytes;        /* one token's K and V rows of every stored layer */
 	uint32_t n_pages;            /* pages per block */
 	uint64_t block_bytes;        /* block record size */
+	uint64_t keep_bytes;         /* the record without the windowed layers' pages, which
+				      * come last so that they can be freed alone */
+	uint32_t window;             /* the largest window of those layers; 0 if none */
 	uint64_t slot_bytes;         /* staging bytes per sequence */
 	uint32_t mean_floats;        /* key-mean floats per sequence (centered layers) */
 	struct model_layer *layers;

@@ -766,7 +766,7 @@ static const struct tqkv_layer_desc hybrid_layers[] = {
 	  .v_kind = TQKV_KIND_TQ3_5, .flags = TQKV_LAYER_CENTER_KEYS },
 	{ .kv_source = 0 },
 };
-#define HYBRID_TOKENS 500
+#define HYBRID_TOKENS 2000
 #define HYBRID_OUT (4 * 128)  /* n_q_heads 4 x the largest head_dim */
 
 struct hybrid_result {
@@ -774,19 +774,13 @@ struct hybrid_result {
 	uint64_t cached;
 };
 
-static void hybrid_engine(const char *socket, void *arg, size_t n)
-{
-	struct hybrid_result *res = arg;
-	struct tqkv_model m = { .fingerprint = 0x6e33a, .n_layers = 3, .layers = hybrid_layers, .staging_tokens = 256,
-				.max_sequences = 2 };
-	struct tqkv_client *c = connect_model(socket, &m);
-	uint32_t ids[HYBRID_TOKENS];
-	struct tqkv_seq *s;
-	uint64_t cached;
+static const struct tqkv_model hybrid_model = { .fingerprint = 0x6e33a, .n_layers = 3, .layers = hybrid_layers,
+						.staging_tokens = 256, .max_sequences = 6 };
 
-	prompt_ids(77, ids, n);
-	cr_assert_eq(tqkv_seq_open_prompt(c, ids, n, 0, &s, &cached), 0, "%s", tqkv_client_error(c));
-	for (uint64_t t = cached; t < n; t++) {
+/* Writes and commits tokens [from, n) of the stored layers. */
+static void hybrid_write(struct tqkv_seq *s, uint64_t from, uint64_t n)
+{
+	for (uint64_t t = from; t < n; t++) {
 		for (uint32_t l = 0; l < 2; l++) {
 			uint16_t k[2 * 128], v[2 * 128];
 			float f[2 * 128];
@@ -804,16 +798,39 @@ static void hybrid_engine(const char *socket, void *arg, size_t n)
 		cr_assert_eq(tqkv_seq_commit(s, t + 1), 0);
 	}
 	cr_assert_eq(tqkv_seq_wait(s, n / B * B), 0);
+}
+
+/* Attends every layer at position pos (windowed where the layer is). */
+static int hybrid_attend(struct tqkv_seq *s, uint64_t pos, float out[3][HYBRID_OUT])
+{
 	for (uint32_t l = 0; l < 3; l++) {
 		struct tqkv_layer_view v;
-		struct tqkv_attn a = { .n_q_heads = 4, .scale = 0.1f, .position = n - 1, .window = hybrid_layers[l].window };
+		struct tqkv_attn a = { .n_q_heads = 4, .scale = 0.1f, .position = pos, .window = hybrid_layers[l].window };
 		float q[HYBRID_OUT];
+		int r;
 
 		gaussian_fill(5 + l, q, HYBRID_OUT);
-		cr_assert_eq(tqkv_seq_view_blocks(s, l, n, (n - 1) / B, &v), 0);
+		cr_assert_eq(tqkv_seq_view_blocks(s, l, pos + 1, pos / B, &v), 0);
 		cr_assert_eq(v.head_dim, l == 1 ? 64u : 128u);
-		cr_assert_eq(tqkv_attend(&v, q, &a, res->out[l]), 0);
+		r = tqkv_attend(&v, q, &a, out[l]);
+		if (r < 0)
+			return r;
 	}
+	return 0;
+}
+
+static void hybrid_engine(const char *socket, void *arg, size_t n)
+{
+	struct hybrid_result *res = arg;
+	struct tqkv_client *c = connect_model(socket, &hybrid_model);
+	uint32_t ids[HYBRID_TOKENS];
+	struct tqkv_seq *s;
+	uint64_t cached;
+
+	prompt_ids(77, ids, n);
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, n, 0, &s, &cached), 0, "%s", tqkv_client_error(c));
+	hybrid_write(s, cached, n);
+	cr_assert_eq(hybrid_attend(s, n - 1, res->out), 0);
 	res->cached = cached;
 	tqkv_client_free(c);
 }
@@ -835,4 +852,113 @@ Test(prefix, hybrid_model_layers_share, .timeout = 60)
 	cr_assert_eq(memcmp(res[0].out, res[1].out, sizeof(res[0].out)), 0, "attention differs on a hit");
 	daemon_stop(&d);
 	munmap(res, 2 * sizeof(*res));
+}
+
+#define WINDOW_TOKENS 2000
+
+/* Blocks whose window pages a hybrid_model sequence of n tokens no longer
+ * needs: window 128 plus the staging ring 256 behind. */
+static uint64_t window_frontier_of(uint64_t n)
+{
+	return n > 128 + 256 ? (n - 128 - 256) / B : 0;
+}
+
+/*
+ * The sliding-window layer's pages go once every holder is past them by
+ * the window (128) plus the staging ring (256): at once for a private
+ * sequence; an indexed block's stay as evictable cache, for prompts that
+ * attach right after them, until evicted or flushed.  Attention inside the
+ * window is unchanged; outside it the pages are gone (an error, never
+ * garbage); trims and attaches that would need freed pages are refused.
+ */
+Test(prefix, window_pages_are_freed, .timeout = 90)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *priv, *shared, *later, *fork, *s;
+	uint32_t ids[WINDOW_TOKENS];
+	float out[3][3][HYBRID_OUT] = { { { 0 } } };
+	uint64_t cached, kept, blocks, bytes, passed = window_frontier_of(WINDOW_TOKENS), window_bytes, repinned;
+	int64_t compressed;
+
+	daemon_start(&d, NULL);
+	c = connect_model(d.socket, &hybrid_model);
+	prompt_ids(78, ids, WINDOW_TOKENS);
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, WINDOW_TOKENS, TQKV_SEQ_PRIVATE, &priv, &cached), 0);
+	hybrid_write(priv, 0, WINDOW_TOKENS);
+	cr_assert_eq(daemon_stat(&d, "window_freed_blocks"), (int64_t)passed);
+	window_bytes = (uint64_t)daemon_stat(&d, "window_freed_bytes") / passed;
+	cr_assert_gt(window_bytes, 0);
+	cr_assert_eq((uint64_t)daemon_stat(&d, "window_freed_bytes"), passed * window_bytes);
+	compressed = daemon_stat(&d, "bytes_compressed");
+	cr_assert_eq(hybrid_attend(priv, WINDOW_TOKENS - 1, out[0]), 0, "attention inside the window");
+
+	/* Outside the window the freed pages are an error, never garbage. */
+	{
+		struct tqkv_layer_view v;
+		struct tqkv_attn a = { .n_q_heads = 4, .scale = 0.1f, .position = 1000 };
+		float q[HYBRID_OUT] = { 0 };
+
+		cr_assert_eq(tqkv_seq_view(priv, 1, &v), 0);
+		cr_assert_lt(tqkv_attend(&v, q, &a, out[2][1]), 0, "a freed page was read");
+	}
+	cr_assert_lt(tqkv_seq_trim(priv, 1000, &kept), 0, "trimmed back onto freed pages");
+
+	/* An indexed sequence: its passed window pages are cached, not freed. */
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, WINDOW_TOKENS, 0, &shared, &cached), 0);
+	cr_assert_eq(cached, 0, "a private sequence's blocks were shared");
+	hybrid_write(shared, 0, WINDOW_TOKENS);
+	cr_assert_eq(daemon_stat(&d, "window_freed_blocks"), (int64_t)passed);
+	cr_assert_eq((uint64_t)daemon_stat(&d, "bytes_cached"), passed * window_bytes);
+	cr_assert_eq(daemon_stat(&d, "bytes_compressed"), 2 * compressed + (int64_t)(passed * window_bytes));
+	cr_assert_eq(hybrid_attend(shared, WINDOW_TOKENS - 1, out[1]), 0);
+	cr_assert_eq(memcmp(out[0], out[1], sizeof(out[0])), 0, "freeing changed attention");
+
+	/* A fork trimmed back pins the window pages it needs again. */
+	cr_assert_eq(tqkv_seq_fork(shared, &fork), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_trim(fork, WINDOW_TOKENS - 100, &kept), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(kept, (WINDOW_TOKENS - 100) / B * B);
+	repinned = passed - window_frontier_of(kept);
+	cr_assert_eq((uint64_t)daemon_stat(&d, "bytes_cached"), (passed - repinned) * window_bytes);
+
+	/* Flushing takes the cached window pages; the pinned ones stay, so the
+	 * whole prompt still attaches, bit-identical. */
+	cr_assert_eq(tqkv_client_flush(c, &blocks, &bytes), 0);
+	cr_assert_eq(blocks, 0);
+	cr_assert_eq(bytes, (passed - repinned) * window_bytes);
+	cr_assert_eq(daemon_stat(&d, "window_freed_blocks"), (int64_t)(2 * passed - repinned));
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, WINDOW_TOKENS, 0, &later, &cached), 0);
+	cr_assert_eq(cached, (WINDOW_TOKENS - 1) / B * B);
+	hybrid_write(later, cached, WINDOW_TOKENS);
+	cr_assert_eq(hybrid_attend(later, WINDOW_TOKENS - 1, out[2]), 0);
+	cr_assert_eq(memcmp(out[1], out[2], sizeof(out[1])), 0, "attention differs on a hit");
+
+	/* A shorter prompt would end where the window pages are gone: it
+	 * attaches nothing rather than blocks it cannot attend over. */
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, 1100, 0, &s, &cached), 0);
+	cr_assert_eq(cached, 0);
+	cr_assert_eq(tqkv_seq_close(s), 0);
+	/* Trims that need only pages still held work; others are refused. */
+	cr_assert_eq(tqkv_seq_trim(later, WINDOW_TOKENS - 100, &kept), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(kept, (WINDOW_TOKENS - 100) / B * B);
+	cr_assert_eq(tqkv_seq_trim(later, 1000, &kept), -ENODATA);
+	cr_assert_eq(tqkv_seq_committed(later), (WINDOW_TOKENS - 100) / B * B, "a refused trim changed the sequence");
+	tqkv_client_free(c);
+
+	/* A snapshot keeps blocks with and without their window pages; after a
+	 * restart the prompt attaches as before and frees them again. */
+	daemon_terminate(&d);
+	daemon_restart(&d, NULL);
+	cr_assert_eq(daemon_stat(&d, "snapshot_loaded_blocks"), WINDOW_TOKENS / B);
+	c = connect_model(d.socket, &hybrid_model);
+	cr_assert_eq(tqkv_seq_open_prompt(c, ids, WINDOW_TOKENS, 0, &later, &cached), 0);
+	cr_assert_eq(cached, (WINDOW_TOKENS - 1) / B * B);
+	hybrid_write(later, cached, WINDOW_TOKENS);
+	cr_assert_eq(hybrid_attend(later, WINDOW_TOKENS - 1, out[2]), 0);
+	cr_assert_eq(memcmp(out[1], out[2], sizeof(out[1])), 0, "attention differs after a restart");
+	cr_assert_eq(tqkv_client_flush(c, &blocks, &bytes), 0);
+	cr_assert_eq(bytes, (window_frontier_of(WINDOW_TOKENS) - window_frontier_of(kept)) * window_bytes,
+		     "the restored blocks' window pages: %llu bytes flushed", (unsigned long long)bytes);
+	tqkv_client_free(c);
+	daemon_stop(&d);
 }

@@ -124,7 +124,8 @@ TQKV_EXPORT int tqkv_seq_fork(struct tqkv_seq *s, struct tqkv_seq **ret);
 /* Keeps the first n_tokens tokens.  Tokens of the FP16 tail are dropped
  * exactly; inside the published blocks whole blocks only, so *ret_kept (may
  * be NULL) may be less than n_tokens and the engine rewrites the rest.
- * Waits for blocks in compression first. */
+ * Waits for blocks in compression first.  -ENODATA (nothing changed) when
+ * the daemon already freed sliding-window pages that position needs. */
 TQKV_EXPORT int tqkv_seq_trim(struct tqkv_seq *s, uint64_t n_tokens, uint64_t *ret_kept);
 /* Drops the cached blocks no sequence holds: this client's tenant's, or
  * every tenant's for root and the daemon's own user. */

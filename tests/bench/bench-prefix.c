@@ -59,12 +59,12 @@ static int run_size(uint64_t n_blocks, const struct bench_options *o)
 
 			h = block_hash(h, ch, b);
 			if (arena_alloc(a, RECORD_BYTES, &off) < 0 ||
-			    !(blk = cache_block_new(c, NULL, off, RECORD_BYTES, RECORD_BYTES * 4))) {
+			    !(blk = cache_block_new(c, NULL, off, RECORD_BYTES, RECORD_BYTES * 4, 0))) {
 				r = -ENOMEM;
 				goto out;
 			}
 			cache_index(c, blk, h);
-			cache_unref(c, blk);  /* closed sequence: cached, unheld */
+			cache_unref(c, blk, false);  /* closed sequence: cached, unheld */
 		}
 	}
 	t_insert = (bench_now() - t0) / (double)n_blocks;
