@@ -192,38 +192,46 @@ void cache_ref(struct cache *c, struct cblock *b)
 	b->window_refs++;
 }
 
-static bool unref(struct cache *c, struct cblock *b, bool passed, bool oldest)
+/* No holder of b needs its window pages any more: an indexed block's
+ * become evictable; true when the caller frees them now. */
+static bool window_unneeded(struct cache *c, struct cblock *b)
+{
+	if (b->window_refs || !b->window_bytes || !b->refs || b->in_lru)
+		return false;
+	if (!b->indexed)
+		return true;
+	lru_push(c, b, false);
+	return false;
+}
+
+static enum cache_release unref(struct cache *c, struct cblock *b, bool passed, bool oldest)
 {
 	if (!passed)
 		b->window_refs--;
 	if (b->refs == 1)
 		lru_remove(c, b);  /* its window pages go back with the whole block */
 	if (--b->refs > 0)
-		return false;
+		return window_unneeded(c, b) ? CACHE_FREE_WINDOW : CACHE_KEEP;
 	if (!b->indexed)
-		return true;
+		return CACHE_FREE_BLOCK;
 	lru_push(c, b, oldest);
-	return false;
+	return CACHE_KEEP;
 }
 
-bool cache_unref(struct cache *c, struct cblock *b, bool passed)
+enum cache_release cache_unref(struct cache *c, struct cblock *b, bool passed)
 {
 	return unref(c, b, passed, false);
 }
 
-bool cache_unref_oldest(struct cache *c, struct cblock *b)
+enum cache_release cache_unref_oldest(struct cache *c, struct cblock *b)
 {
 	return unref(c, b, false, true);
 }
 
 bool cache_window_pass(struct cache *c, struct cblock *b)
 {
-	if (--b->window_refs > 0 || !b->window_bytes)
-		return false;
-	if (!b->indexed)
-		return true;
-	lru_push(c, b, false);
-	return false;
+	b->window_refs--;
+	return window_unneeded(c, b);
 }
 
 void cache_window_unpass(struct cache *c, struct cblock *b)

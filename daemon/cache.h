@@ -69,14 +69,20 @@ struct cblock *cache_lookup(const struct cache *c, XXH128_hash_t hash);
 
 /* One more sequence holds b (inside its window): it leaves the LRU list. */
 void cache_ref(struct cache *c, struct cblock *b);
-/* One sequence less (passed: it had passed b's window).  An unheld
- * indexed block becomes the most recently used of the LRU list; returns
- * true when b is unheld and not indexed: the caller releases its bytes and
- * calls cache_block_free(). */
-bool cache_unref(struct cache *c, struct cblock *b, bool passed);
+
+/* What the caller of cache_unref() frees. */
+enum cache_release {
+	CACHE_KEEP,
+	CACHE_FREE_BLOCK,   /* unheld and not indexed: its bytes, then cache_block_free() */
+	CACHE_FREE_WINDOW,  /* held, not indexed, its window pages needed by none: free_window */
+};
+
+/* One holder less (passed: it had passed b's window).  An unheld indexed
+ * block becomes the most recently used of the LRU list. */
+enum cache_release cache_unref(struct cache *c, struct cblock *b, bool passed);
 /* As cache_unref(), but an unheld indexed block becomes the least
  * recently used (loading a snapshot written most recent first). */
-bool cache_unref_oldest(struct cache *c, struct cblock *b);
+enum cache_release cache_unref_oldest(struct cache *c, struct cblock *b);
 /* A holder has passed b's window.  Returns true when b's window pages are
  * needed by no holder and b is not indexed: the caller frees them at once
  * (cache_window_drop()); an indexed b's become evictable instead. */

@@ -426,8 +426,16 @@ static void drop_blocks(struct server *s, struct sequence *q, uint64_t from)
 	while (q->n_blocks > from) {
 		struct cblock *b = q->blocks[--q->n_blocks];
 
-		if (cache_unref(s->cache, b, q->n_blocks < q->window_passed))
+		switch (cache_unref(s->cache, b, q->n_blocks < q->window_passed)) {
+		case CACHE_FREE_BLOCK:
 			free_block(s, b);
+			break;
+		case CACHE_FREE_WINDOW:
+			free_window(s, b);
+			break;
+		case CACHE_KEEP:
+			break;
+		}
 	}
 	if (q->n_hashed > q->n_blocks)
 		q->n_hashed = q->n_blocks;
@@ -1827,8 +1835,8 @@ static void save_job_free(struct save_job *j)
 	struct server *s = j->server;
 
 	for (size_t i = 0; i < j->n; i++)
-		if (cache_unref_oldest(s->cache, j->held[i]))
-			free_block(s, j->held[i]);
+		if (cache_unref_oldest(s->cache, j->held[i]) == CACHE_FREE_BLOCK)
+			free_block(s, j->held[i]);  /* only indexed blocks are held: never a window alone */
 	free(j->blocks);
 	free(j->held);
 	free(j);

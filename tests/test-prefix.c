@@ -876,12 +876,14 @@ Test(prefix, window_pages_are_freed, .timeout = 90)
 	struct test_daemon d;
 	struct tqkv_client *c;
 	struct tqkv_seq *priv, *shared, *later, *fork, *s;
+	const char *extra[] = { "--set", "snapshot_interval=1", NULL };
 	uint32_t ids[WINDOW_TOKENS];
+	char path[PATH_MAX];
 	float out[3][3][HYBRID_OUT] = { { { 0 } } };
 	uint64_t cached, kept, blocks, bytes, passed = window_frontier_of(WINDOW_TOKENS), window_bytes, repinned;
 	int64_t compressed;
 
-	daemon_start(&d, NULL);
+	daemon_start(&d, extra);
 	c = connect_model(d.socket, &hybrid_model);
 	prompt_ids(78, ids, WINDOW_TOKENS);
 	cr_assert_eq(tqkv_seq_open_prompt(c, ids, WINDOW_TOKENS, TQKV_SEQ_PRIVATE, &priv, &cached), 0);
@@ -891,6 +893,9 @@ Test(prefix, window_pages_are_freed, .timeout = 90)
 	cr_assert_gt(window_bytes, 0);
 	cr_assert_eq((uint64_t)daemon_stat(&d, "window_freed_bytes"), passed * window_bytes);
 	compressed = daemon_stat(&d, "bytes_compressed");
+	cr_log_info("private sequence of %u tokens: %lld bytes of blocks, window pages of %llu blocks freed "
+		    "(%llu bytes each)", WINDOW_TOKENS, (long long)compressed, (unsigned long long)passed,
+		    (unsigned long long)window_bytes);
 	cr_assert_eq(hybrid_attend(priv, WINDOW_TOKENS - 1, out[0]), 0, "attention inside the window");
 
 	/* Outside the window the freed pages are an error, never garbage. */
@@ -913,6 +918,14 @@ Test(prefix, window_pages_are_freed, .timeout = 90)
 	cr_assert_eq(daemon_stat(&d, "bytes_compressed"), 2 * compressed + (int64_t)(passed * window_bytes));
 	cr_assert_eq(hybrid_attend(shared, WINDOW_TOKENS - 1, out[1]), 0);
 	cr_assert_eq(memcmp(out[0], out[1], sizeof(out[0])), 0, "freeing changed attention");
+	/* A background snapshot holds the blocks while it writes them, then
+	 * gives the window pages back to the cache. */
+	snapshot_path(&d, path, sizeof(path));
+	unlink(path);
+	cr_assert(wait_for_file(path, 5000), "no periodic snapshot");
+	for (unsigned i = 0; i < 2000 && (uint64_t)daemon_stat(&d, "bytes_cached") != passed * window_bytes; i++)
+		sleep_ms(1);
+	cr_assert_eq((uint64_t)daemon_stat(&d, "bytes_cached"), passed * window_bytes, "a snapshot pinned window pages");
 
 	/* A fork trimmed back pins the window pages it needs again. */
 	cr_assert_eq(tqkv_seq_fork(shared, &fork), 0, "%s", tqkv_client_error(c));

@@ -64,7 +64,7 @@ static int run_size(uint64_t n_blocks, const struct bench_options *o)
 				goto out;
 			}
 			cache_index(c, blk, h);
-			cache_unref(c, blk, false);  /* closed sequence: cached, unheld */
+			(void)cache_unref(c, blk, false);  /* closed sequence: cached, unheld */
 		}
 	}
 	t_insert = (bench_now() - t0) / (double)n_blocks;
