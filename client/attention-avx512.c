@@ -87,7 +87,8 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float 
  * four looked-up bytes of a token into its int32 lane: h bytes as signed
  * against ones, m and l bytes as unsigned against ones.  Integer sums are
  * exact, so the only rounding is the table's (relative 2^-23). */
-static void chunk_scores(__m512i (*idx)[2], unsigned W, const struct attn_lane_state *st, __m512 *s)
+static inline __attribute__((always_inline)) void chunk_scores(__m512i (*idx)[2], unsigned W,
+								const struct attn_lane_state *st, __m512 *s)
 {
 	const __m512i ones = _mm512_set1_epi8(1);
 	__m512i h[ATTN_CHUNK_TILES], m[ATTN_CHUNK_TILES], l[ATTN_CHUNK_TILES];
@@ -127,36 +128,44 @@ static void chunk_scores(__m512i (*idx)[2], unsigned W, const struct attn_lane_s
  * moved up to bit 2, make nibble word w, whose nibble k is coordinate
  * w + W k, and the odd fields make nibble word w + W2: the 4-bit mapping.
  * A nibble's bit 3 is then another index's bit, so the tables repeat
- * their 8 (or 4) centroids. */
-static inline __m512i nibble_word(const struct tqkv_layout *l, const uint8_t *bits, unsigned w)
+ * their 8 (or 4) centroids.
+ *
+ * B (index bits) and D (padded dimension) are the layout's when constant
+ * (the kernel is specialised for the common cases), else 0: read them
+ * from the layout. */
+static inline __attribute__((always_inline)) __m512i nibble_word(const struct tqkv_layout *l, unsigned B, unsigned D,
+								 const uint8_t *bits, unsigned w)
 {
 	const struct tqkv_plane *lo = &l->planes[0], *hi = &l->planes[1];
 	const __m512i m = _mm512_set1_epi32(0x33333333);
-	unsigned W2 = lo->words, odd = w >= W2, w2 = odd ? w - W2 : w, up;
+	unsigned b = B ? B : l->bits_hi, n_planes = B ? (B == 3 ? 2 : 1) : l->n_planes;
+	unsigned W2 = D ? D / 16 : lo->words, W1 = D ? D / 32 : hi->words;
+	unsigned odd = w >= W2, w2 = odd ? w - W2 : w, up;
 	__m512i L, H;
 
-	if (l->bits_hi == 4)
+	if (b == 4)
 		return _mm512_loadu_si512(bits + w * 64);
 	L = _mm512_loadu_si512(bits + lo->offset + w2 * 64);
 	if (odd)
 		L = _mm512_srli_epi32(L, 2);
-	if (l->n_planes == 1)
+	if (n_planes == 1)
 		return _mm512_and_si512(L, m);
-	H = _mm512_loadu_si512(bits + hi->offset + (w2 & (hi->words - 1)) * 64);
-	up = w2 >= hi->words;  /* this word's high bits sit one bit higher */
+	H = _mm512_loadu_si512(bits + hi->offset + (w2 & (W1 - 1)) * 64);
+	up = w2 >= W1;  /* this word's high bits sit one bit higher */
 	H = odd ? (up ? _mm512_srli_epi32(H, 1) : H) : (up ? _mm512_slli_epi32(H, 1) : _mm512_slli_epi32(H, 2));
 	/* (a & m) | (b & ~m): index bits 0-1 from L, bits 2-3 from H */
 	return _mm512_ternarylogic_epi32(L, H, m, 0xe4);
 }
 
 /* The vpermb indices of a chunk's K words: [tile * W + w][low, high]. */
-static void chunk_key_indices(const struct attn_tile *tile, unsigned W, __m512i (*idx)[2])
+static inline __attribute__((always_inline)) void chunk_key_indices(const struct attn_tile *tile, unsigned B,
+								     unsigned D, unsigned W, __m512i (*idx)[2])
 {
 	const __m512i mask = _mm512_set1_epi8(0x0f), pos = _mm512_set1_epi32(0x30201000);
 
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 		for (unsigned w = 0; w < W; w++) {
-			__m512i word = nibble_word(tile->klayout, tile->kbits[t], w);
+			__m512i word = nibble_word(tile->klayout, B, D, tile->kbits[t], w);
 
 			/* (a & b) | c */
 			idx[t * W + w][0] = _mm512_ternarylogic_epi32(word, mask, pos, 0xea);
@@ -220,16 +229,19 @@ static void accumulate_values(struct attn_lane_state *st, unsigned g, unsigned i
 }
 
 /* The 4-bit kernel for g query heads; inlined with g a constant for the
- * common group sizes so that the weights stay in registers. */
+ * common group sizes so that the weights stay in registers, and with the
+ * K and V index bits (KB, VB) and the dimension D constant (else 0) for
+ * the common layouts, so that the loops unroll. */
 static inline __attribute__((always_inline)) void tile_tq4(const struct attn_tile *tile,
-							    struct attn_lane_state *st, unsigned g)
+							    struct attn_lane_state *st, unsigned g, unsigned KB,
+							    unsigned VB, unsigned D_const)
 {
-	const unsigned D = tile->d, W = D / 8;
+	const unsigned D = D_const ? D_const : tile->d, W = D / 8;
 	const __m512 vcent = _mm512_loadu_ps(tile->vcent);
 	__m512i kidx[ATTN_CHUNK_TILES * TQKV_HEAD_DIM_MAX / 8][2];
 	__m512 p[8][ATTN_CHUNK_TILES];
 
-	chunk_key_indices(tile, W, kidx);
+	chunk_key_indices(tile, KB, D_const, W, kidx);
 	for (unsigned k = 0; k < g; k++) {
 		__m512 s[ATTN_CHUNK_TILES];
 
@@ -242,7 +254,7 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 
 		attn_prefetch_slice(tile, w, W);
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-			word[t] = nibble_word(tile->vlayout, tile->vbits[t], w);
+			word[t] = nibble_word(tile->vlayout, VB, D_const, tile->vbits[t], w);
 		for (unsigned f = 0; f < 8; f++) {
 			__m512 c[ATTN_CHUNK_TILES];
 
@@ -279,21 +291,34 @@ static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512
 	}
 }
 
+/* The kernel with g, the index bits and the dimension (0: the layout's)
+ * constant for 1, 2 and 4 query heads per KV head. */
+#define TILE_CASE(KB, VB, D)                          \
+	do {                                          \
+		if (g == 1)                           \
+			tile_tq4(tile, st, 1, KB, VB, D); \
+		else if (g == 2)                      \
+			tile_tq4(tile, st, 2, KB, VB, D); \
+		else if (g == 4)                      \
+			tile_tq4(tile, st, 4, KB, VB, D); \
+		else                                  \
+			tile_tq4(tile, st, g, KB, VB, D); \
+	} while (0)
+
+/* Specialised for the common layouts.  Constant bits help every case;
+ * unrolling the loops of head_dim 128 helps 3-bit pages, whose plane
+ * conversion then folds, but slows 4-bit ones (measured, docs/PERFORMANCE.md). */
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
-	switch (g) {
-	case 1:
-		tile_tq4(tile, st, 1);
-		break;
-	case 2:
-		tile_tq4(tile, st, 2);
-		break;
-	case 4:
-		tile_tq4(tile, st, 4);
-		break;
-	default:
-		tile_tq4(tile, st, g);
-	}
+	const struct tqkv_layout *kl = tile->klayout, *vl = tile->vlayout;
+	bool uniform = kl->bits_hi == kl->bits_lo && vl->bits_hi == vl->bits_lo && kl->bits_hi == vl->bits_hi;
+
+	if (uniform && kl->bits_hi == 4)
+		TILE_CASE(4, 4, 0);
+	else if (uniform && kl->bits_hi == 3 && tile->d == 128)
+		TILE_CASE(3, 3, 128);
+	else
+		TILE_CASE(0, 0, 0);
 }
 
 void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)

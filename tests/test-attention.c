@@ -16,8 +16,8 @@
 #include "rotation.h"
 
 #define KV_HEADS 2
-#define N_LAYERS 8
-#define MAX_DIM 96
+#define N_LAYERS 10
+#define MAX_DIM 128
 
 static const struct tqkv_layer_desc layers[N_LAYERS] = {
 	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4 },
@@ -31,6 +31,10 @@ static const struct tqkv_layer_desc layers[N_LAYERS] = {
 	{ .n_kv_heads = KV_HEADS, .head_dim = 64, .kv_source = -1, .k_kind = TQKV_KIND_TQ3, .v_kind = TQKV_KIND_TQ3,
 	  .flags = TQKV_LAYER_CENTER_KEYS },
 	{ .n_kv_heads = KV_HEADS, .head_dim = 96, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ2 },
+	/* head_dim 128 at 4 and 3 bits: the AVX-512 kernel's specialised cases. */
+	{ .n_kv_heads = KV_HEADS, .head_dim = 128, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4 },
+	{ .n_kv_heads = KV_HEADS, .head_dim = 128, .kv_source = -1, .k_kind = TQKV_KIND_TQ3, .v_kind = TQKV_KIND_TQ3,
+	  .flags = TQKV_LAYER_CENTER_KEYS },
 	{ .kv_source = 0 },
 };
 
