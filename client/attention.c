@@ -30,7 +30,7 @@
 #define TILE TQKV_TILE_TOKENS
 /* Chunks prefetched ahead of the one computed. */
 #ifndef ATTN_LOOKAHEAD
-#define ATTN_LOOKAHEAD 2
+#define ATTN_LOOKAHEAD 4
 #endif
 
 /* What one query head keeps while it walks the tokens. */
