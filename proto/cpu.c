@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+#include <stdatomic.h>
+
 #include "cpu.h"
 
 #ifdef TQKV_HAVE_X86_SIMD
@@ -14,7 +16,7 @@ static bool has_f16c(void)
 }
 #endif
 
-bool cpu_has_isa(enum cpu_isa isa)
+static bool probe_isa(enum cpu_isa isa)
 {
 	switch (isa) {
 	case CPU_ISA_SCALAR:
@@ -24,7 +26,7 @@ bool cpu_has_isa(enum cpu_isa isa)
 		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
 		       has_f16c() && __builtin_cpu_supports("bmi2");
 	case CPU_ISA_AVX512:
-		return cpu_has_isa(CPU_ISA_AVX2) &&
+		return probe_isa(CPU_ISA_AVX2) &&
 		       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
 		       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
 		       __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
@@ -32,6 +34,23 @@ bool cpu_has_isa(enum cpu_isa isa)
 	default:
 		return false;
 	}
+}
+
+/* CPUID traps to the hypervisor in a VM (microseconds), and attention
+ * asks on every call: probe once.  Racing first callers store the same. */
+bool cpu_has_isa(enum cpu_isa isa)
+{
+	static _Atomic unsigned known, has;  /* bit per ISA */
+	unsigned bit = 1u << isa;
+
+	if ((unsigned)isa >= CPU_ISA_MAX)
+		return false;
+	if (!(atomic_load_explicit(&known, memory_order_acquire) & bit)) {
+		if (probe_isa(isa))
+			atomic_fetch_or_explicit(&has, bit, memory_order_relaxed);
+		atomic_fetch_or_explicit(&known, bit, memory_order_release);
+	}
+	return atomic_load_explicit(&has, memory_order_relaxed) & bit;
 }
 
 enum cpu_isa cpu_best_isa(void)
