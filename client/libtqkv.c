@@ -318,6 +318,9 @@ static int map_checked(int fd, uint64_t size, int required_seals, int prot, void
 	p = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
 	if (p == MAP_FAILED)
 		return -errno;
+	/* The daemon asks for huge pages in the arena; map them as such
+	 * (fewer TLB misses while attending).  Best effort. */
+	madvise(p, size, MADV_HUGEPAGE);
 	*ret = p;
 	return 0;
 }
