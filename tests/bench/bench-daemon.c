@@ -95,6 +95,23 @@ void bench_daemon_down(struct bench_daemon *d)
 	rmdir(d->dir);
 }
 
+void bench_rows(uint16_t *k, uint16_t *v, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		k[i] = tqkv_f32_to_f16((float)((i * 7919) % 1000) / 500.0f - 1.0f);
+		v[i] = tqkv_f32_to_f16((float)((i * 104729) % 1000) / 500.0f - 1.0f);
+	}
+}
+
+int bench_connect(const char *socket, const struct tqkv_model *m, struct tqkv_client **ret)
+{
+	int r = tqkv_client_connect(socket, ret);
+
+	if (r >= 0 && (r = tqkv_client_register_model(*ret, m)) < 0)
+		tqkv_client_free(*ret);
+	return r;
+}
+
 struct append_result {
 	double seconds;
 	uint64_t tokens;
@@ -117,13 +134,8 @@ static int append_client(const char *socket, uint64_t n, struct append_result *r
 	for (int l = 0; l < LAYERS; l++)
 		layers[l] = (struct tqkv_layer_desc){ .n_kv_heads = HEADS, .head_dim = DIM, .kv_source = -1,
 						      .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4 };
-	for (int i = 0; i < HEADS * DIM; i++) {
-		k[i] = tqkv_f32_to_f16((float)((i * 7919) % 1000) / 500.0f - 1.0f);
-		v[i] = tqkv_f32_to_f16((float)((i * 104729) % 1000) / 500.0f - 1.0f);
-	}
-	r = tqkv_client_connect(socket, &c);
-	if (r >= 0)
-		r = tqkv_client_register_model(c, &m);
+	bench_rows(k, v, HEADS * DIM);
+	r = bench_connect(socket, &m, &c);
 	if (r >= 0)
 		r = tqkv_seq_open(c, &s);
 	if (r < 0)

@@ -3,6 +3,7 @@
 #ifndef TQKV_BENCH_DAEMON_H
 #define TQKV_BENCH_DAEMON_H
 
+#include <stdint.h>
 #include <sys/types.h>
 
 struct bench_daemon {
@@ -12,5 +13,13 @@ struct bench_daemon {
 
 int bench_daemon_up(struct bench_daemon *d, const char *workers, const char *budget);
 void bench_daemon_down(struct bench_daemon *d);
+
+struct tqkv_client;
+struct tqkv_model;
+
+/* Fixed K and V rows of n values, the same in every benchmark. */
+void bench_rows(uint16_t *k, uint16_t *v, unsigned n);
+/* Connects to socket and registers m. */
+int bench_connect(const char *socket, const struct tqkv_model *m, struct tqkv_client **ret);
 
 #endif

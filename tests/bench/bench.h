@@ -24,5 +24,6 @@ int bench_attention(const struct bench_options *o);
 int bench_prefix(const struct bench_options *o);
 int bench_snapshot(const struct bench_options *o);
 int bench_load(const struct bench_options *o);
+int bench_window(const struct bench_options *o);
 
 #endif

@@ -27,6 +27,7 @@ static const struct {
 	{ "append", bench_append, "tokens/s appended by 1 and 2 client processes (32 layers, 8 KV heads, d=128)" },
 	{ "attention", bench_attention, "decode attention: FP16 baseline vs tqkv pages, ns/token, speed-up, bandwidth" },
 	{ "prefix", bench_prefix, "prefix index lookup and LRU eviction at 100k and 1M cached blocks" },
+	{ "window", bench_window, "sliding-window pages freed: bytes held, windowed vs all-global layers, 8K and 32K" },
 	{ "load", bench_load, "32 client processes append and attend for 60 s, one killed every second: ops/s, p99, RSS" },
 	{ "snapshot", bench_snapshot, "cache snapshot write and restore GB/s (4 GiB) next to write()/read()" },
 	{ "latency", bench_latency, "PING round trip p50/p99 next to redis-benchmark on a Unix socket" },
