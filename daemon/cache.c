@@ -249,11 +249,14 @@ void cache_window_learn(struct cblock *b, uint64_t window_bytes)
 
 void cache_window_drop(struct cache *c, struct cblock *b)
 {
+	struct cache_usage *u[2] = { &c->usage, b->usage };
+
 	lru_remove(c, b);
-	count(c, b, -1, 0, 0);
+	for (unsigned i = 0; i < 2; i++)
+		if (u[i])
+			u[i]->bytes -= b->window_bytes;
 	b->bytes -= b->window_bytes;
 	b->window_bytes = 0;
-	count(c, b, 1, 0, 0);
 }
 
 struct cblock *cache_evict(struct cache *c, const struct cache_usage *only)

@@ -443,6 +443,13 @@ static void drop_blocks(struct server *s, struct sequence *q, uint64_t from)
 		q->window_passed = q->n_blocks;
 }
 
+/* Keeps q's first n published blocks, and tells its client. */
+static void seq_truncate(struct server *s, struct sequence *q, uint64_t n)
+{
+	drop_blocks(s, q, n);
+	atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, q->n_blocks, memory_order_release);
+}
+
 /* The leading blocks whose window pages a sequence with committed tokens
  * no longer needs: their last token is more than the window plus the
  * staging ring behind.  The ring is the slack engines get: a windowed
@@ -460,14 +467,17 @@ static bool has_window_pages(const struct model *m, const struct cblock *b)
 	return b->bytes == m->block_bytes;
 }
 
-/* q no longer needs the window pages of blocks before its frontier. */
-static void pass_windows(struct server *s, struct sequence *q)
+/* q no longer needs the window pages of its blocks before frontier. */
+static void pass_windows_to(struct server *s, struct sequence *q, uint64_t frontier)
 {
-	uint64_t frontier = window_frontier(q->client->model, q->committed);
-
 	while (q->window_passed < frontier && q->window_passed < q->n_blocks)
 		if (cache_window_pass(s->cache, q->blocks[q->window_passed++]))
 			free_window(s, q->blocks[q->window_passed - 1]);
+}
+
+static void pass_windows(struct server *s, struct sequence *q)
+{
+	pass_windows_to(s, q, window_frontier(q->client->model, q->committed));
 }
 
 /* Indexes b; with the fd store, also in its tenant's directory, its key
@@ -697,7 +707,7 @@ static void schedule(struct sequence *q)
 		return;
 	}
 	q->job_block = cache_block_new(s->cache, &c->tenant->usage, off, m->block_bytes,
-				       (uint64_t)m->block_tokens * m->token_bytes, m->block_bytes - m->keep_bytes);
+				       (uint64_t)m->block_tokens * m->token_bytes, model_window_bytes(m));
 	if (!q->job_block) {
 		tenant_release(s, c->tenant, off, m->block_bytes);
 		return;
@@ -997,7 +1007,7 @@ static void seq_adopt(struct sequence *q, struct cblock *const *blocks, uint64_t
 	for (uint64_t i = 0; i < n; i++) {
 		cache_ref(s->cache, blocks[i]);
 		if (m->window && has_window_pages(m, blocks[i]))
-			cache_window_learn(blocks[i], m->block_bytes - m->keep_bytes);
+			cache_window_learn(blocks[i], model_window_bytes(m));
 		q->blocks[q->n_blocks] = blocks[i];
 		q->table[q->n_blocks++] = blocks[i]->offset;
 	}
@@ -1055,9 +1065,8 @@ static void attach_prefix(struct sequence *q)
 	while (n > first && window_gap(q, n))
 		n--;
 	if (n < q->n_blocks) {
-		drop_blocks(s, q, n);
+		seq_truncate(s, q, n);
 		q->committed = n * B;
-		atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, n, memory_order_release);
 	}
 	pass_windows(s, q);
 	c->tenant->prefix_hit_tokens += (n - first) * B;
@@ -1269,9 +1278,7 @@ static int do_seq_fork(struct client *c, const struct tqkv_msg_header *h, struct
 	seq_adopt(q, src->blocks, src->n_blocks, q->means_bytes ? arena_ptr(c->tenant->arena, src->means_offset) : NULL);
 	q->n_hashed = src->n_hashed;
 	/* It continues from where src is: what src passed, it has passed. */
-	while (q->window_passed < src->window_passed)
-		if (cache_window_pass(c->server->cache, q->blocks[q->window_passed++]))
-			free_window(c->server, q->blocks[q->window_passed - 1]);
+	pass_windows_to(c->server, q, src->window_passed);
 	return reply_opened(c, h, q);
 }
 
@@ -1314,8 +1321,7 @@ static int do_seq_trim(struct client *c, const struct tqkv_msg_header *h, struct
 	if (q->n_ids > keep)
 		q->n_ids = keep;
 	if (keep < q->n_blocks * B) {
-		drop_blocks(c->server, q, keep / B);
-		atomic_store_explicit((_Atomic uint64_t *)&q->desc->n_blocks, q->n_blocks, memory_order_release);
+		seq_truncate(c->server, q, keep / B);
 		retry_stalled(c->server);
 	}
 	while (q->window_passed > window_frontier(c->model, keep))

@@ -94,6 +94,12 @@ static inline const float *model_key_mean(const struct model *m, const float *me
  * so that both compute the same floats. */
 void model_rows_mean(const uint16_t *rows, size_t stride, uint32_t n, uint32_t d, float *out);
 
+/* Bytes of a block record that the windowed layers' pages take. */
+static inline uint64_t model_window_bytes(const struct model *m)
+{
+	return m->block_bytes - m->keep_bytes;
+}
+
 /* Offset of the page table inside a block record. */
 #define MODEL_PAGE_TABLE_OFFSET ((uint32_t)sizeof(struct tqkv_block_header))
 
