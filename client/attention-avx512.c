@@ -81,44 +81,6 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float 
 	return step;
 }
 
-/* Scores of the chunk's four tiles for one query head.  Per packed word, the
- * low and the high nibbles of every byte become vpermb indices (nibble |
- * byte position << 4) into that word's 64-entry tables; vpdpbusd adds the
- * four looked-up bytes of a token into its int32 lane: h bytes as signed
- * against ones, m and l bytes as unsigned against ones.  Integer sums are
- * exact, so the only rounding is the table's (relative 2^-23). */
-static inline __attribute__((always_inline)) void chunk_scores(__m512i (*idx)[2], unsigned W,
-								const struct attn_lane_state *st, __m512 *s)
-{
-	const __m512i ones = _mm512_set1_epi8(1);
-	__m512i h[ATTN_CHUNK_TILES], m[ATTN_CHUNK_TILES], l[ATTN_CHUNK_TILES];
-
-	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-		h[t] = m[t] = l[t] = _mm512_setzero_si512();
-	for (unsigned w = 0; w < W; w++) {
-		const uint8_t *tab = st->btab + (size_t)w * ATTN_TQ4_WORD_TABLE;
-
-		for (unsigned half = 0; half < 2; half++) {
-			const __m512i th = _mm512_load_si512(tab + half * 192), tm = _mm512_load_si512(tab + half * 192 + 64),
-				      tl = _mm512_load_si512(tab + half * 192 + 128);
-
-			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
-				const __m512i i = idx[t * W + w][half];
-
-				h[t] = _mm512_dpbusd_epi32(h[t], ones, _mm512_permutexvar_epi8(i, th));
-				m[t] = _mm512_dpbusd_epi32(m[t], _mm512_permutexvar_epi8(i, tm), ones);
-				l[t] = _mm512_dpbusd_epi32(l[t], _mm512_permutexvar_epi8(i, tl), ones);
-			}
-		}
-	}
-	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
-		__m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(h[t]), _mm512_set1_ps(st->bstep * 65536.0f));
-
-		x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(m[t]), _mm512_set1_ps(st->bstep * 256.0f), x);
-		s[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_set1_ps(st->bstep), x);
-	}
-}
-
 /* Word w of a tile as 4-bit nibble words.  4-bit tiles are that already.
  * 2- and 3-bit tiles hold a 2-bit plane of index bits 0-1 and, for 3
  * bits, a 1-bit plane of bit 2 (PAGE-FORMAT.md).  With W2 and W1 words per
@@ -157,20 +119,70 @@ static inline __attribute__((always_inline)) __m512i nibble_word(const struct tq
 	return _mm512_ternarylogic_epi32(L, H, m, 0xe4);
 }
 
+/* The vpermb indices of word w of a chunk's K tile t: low and high nibbles. */
+static inline __attribute__((always_inline)) void key_indices(const struct attn_tile *tile, unsigned B, unsigned D,
+							       unsigned t, unsigned w, __m512i *idx)
+{
+	const __m512i mask = _mm512_set1_epi8(0x0f), pos = _mm512_set1_epi32(0x30201000);
+	__m512i word = nibble_word(tile->klayout, B, D, tile->kbits[t], w);
+
+	/* (a & b) | c */
+	idx[0] = _mm512_ternarylogic_epi32(word, mask, pos, 0xea);
+	idx[1] = _mm512_ternarylogic_epi32(_mm512_srli_epi32(word, 4), mask, pos, 0xea);
+}
+
 /* The vpermb indices of a chunk's K words: [tile * W + w][low, high]. */
 static inline __attribute__((always_inline)) void chunk_key_indices(const struct attn_tile *tile, unsigned B,
 								     unsigned D, unsigned W, __m512i (*idx)[2])
 {
-	const __m512i mask = _mm512_set1_epi8(0x0f), pos = _mm512_set1_epi32(0x30201000);
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+		for (unsigned w = 0; w < W; w++)
+			key_indices(tile, B, D, t, w, idx[t * W + w]);
+}
+
+/* Scores of the chunk's four tiles for one query head.  Per packed word, the
+ * low and the high nibbles of every byte become vpermb indices (nibble |
+ * byte position << 4) into that word's 64-entry tables; vpdpbusd adds the
+ * four looked-up bytes of a token into its int32 lane: h bytes as signed
+ * against ones, m and l bytes as unsigned against ones.  Integer sums are
+ * exact, so the only rounding is the table's (relative 2^-23).  fused (one
+ * query head): the indices are made here from the page words, not read
+ * from idx; storing and reloading them cost 10% more (stores of a zmm take
+ * two cycles on Zen 4). */
+static inline __attribute__((always_inline)) void chunk_scores(const struct attn_tile *tile, unsigned B, unsigned D,
+								unsigned W, __m512i (*idx)[2], bool fused,
+								const struct attn_lane_state *st, __m512 *s)
+{
+	const __m512i ones = _mm512_set1_epi8(1);
+	__m512i h[ATTN_CHUNK_TILES], m[ATTN_CHUNK_TILES], l[ATTN_CHUNK_TILES];
 
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-		for (unsigned w = 0; w < W; w++) {
-			__m512i word = nibble_word(tile->klayout, B, D, tile->kbits[t], w);
+		h[t] = m[t] = l[t] = _mm512_setzero_si512();
+	for (unsigned w = 0; w < W; w++) {
+		const uint8_t *tab = st->btab + (size_t)w * ATTN_TQ4_WORD_TABLE;
+		__m512i own[ATTN_CHUNK_TILES][2];
 
-			/* (a & b) | c */
-			idx[t * W + w][0] = _mm512_ternarylogic_epi32(word, mask, pos, 0xea);
-			idx[t * W + w][1] = _mm512_ternarylogic_epi32(_mm512_srli_epi32(word, 4), mask, pos, 0xea);
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES && fused; t++)
+			key_indices(tile, B, D, t, w, own[t]);
+		for (unsigned half = 0; half < 2; half++) {
+			const __m512i th = _mm512_load_si512(tab + half * 192), tm = _mm512_load_si512(tab + half * 192 + 64),
+				      tl = _mm512_load_si512(tab + half * 192 + 128);
+
+			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+				const __m512i i = fused ? own[t][half] : idx[t * W + w][half];
+
+				h[t] = _mm512_dpbusd_epi32(h[t], ones, _mm512_permutexvar_epi8(i, th));
+				m[t] = _mm512_dpbusd_epi32(m[t], _mm512_permutexvar_epi8(i, tm), ones);
+				l[t] = _mm512_dpbusd_epi32(l[t], _mm512_permutexvar_epi8(i, tl), ones);
+			}
 		}
+	}
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+		__m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(h[t]), _mm512_set1_ps(st->bstep * 65536.0f));
+
+		x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(m[t]), _mm512_set1_ps(st->bstep * 256.0f), x);
+		s[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_set1_ps(st->bstep), x);
+	}
 }
 
 /* One softmax update per chunk for a query head: scores s[t] become
@@ -241,11 +253,12 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 	__m512i kidx[ATTN_CHUNK_TILES * TQKV_HEAD_DIM_MAX / 8][2];
 	__m512 p[8][ATTN_CHUNK_TILES];
 
-	chunk_key_indices(tile, KB, D_const, W, kidx);
+	if (g > 1)
+		chunk_key_indices(tile, KB, D_const, W, kidx);
 	for (unsigned k = 0; k < g; k++) {
 		__m512 s[ATTN_CHUNK_TILES];
 
-		chunk_scores(kidx, W, &st[k], s);
+		chunk_scores(tile, KB, D_const, W, kidx, g == 1, &st[k], s);
 		chunk_softmax(tile, &st[k], s, p[k]);
 	}
 	/* Values: per coordinate, each tile's centroids, weighted. */
