@@ -26,6 +26,7 @@
 #include "codec-private.h"
 #include "cpu.h"
 #include "model.h"
+#include "view-page.h"
 
 #define TILE TQKV_TILE_TOKENS
 /* Chunks prefetched ahead of the one computed. */
@@ -218,6 +219,7 @@ struct page_ref {
  * header equals the last one needs no second check: one compare instead
  * of a CRC and the geometry (a short context is mostly this). */
 struct page_memo {
+	size_t size[2];  /* tqkv_page_size() of the head's codecs */
 	bool valid[2];
 	uint8_t header[2][sizeof(struct tqkv_page_header)];
 	struct page_ref ref[2];
@@ -229,8 +231,8 @@ static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t hea
 	const struct tqkv_codec *c = v->codecs[head * 2 + stream];
 	struct page_geometry g;
 	uint32_t n_tokens;
-	size_t size;
-	const void *p = tqkv_view_page(v, block, head, stream, &size);
+	size_t size = memo ? memo->size[stream] : tqkv_page_size(c, v->block_tokens);
+	const void *p = view_page_sized(v, block, head, stream, size);
 	int r = 0;
 
 	if (!p)
@@ -407,16 +409,16 @@ static int chunk_at(const struct tqkv_layer_view *v, uint32_t head, uint64_t lo,
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
 		uint64_t first = t0 + (uint64_t)(t < *n_tiles ? t : *n_tiles - 1) * TILE;
 		uint64_t tin = (first - b * v->block_tokens) / TILE;
-		uint16_t valid = 0;
+		uint64_t from = lo > first ? lo - first : 0, to = pos - first;  /* valid lanes [from, to] */
 
 		tile->kbits[t] = kp.base + kp.tiles_offset + tin * kp.tile_bytes;
 		tile->vbits[t] = vp.base + vp.tiles_offset + tin * vp.tile_bytes;
 		tile->knorms[t] = (const uint16_t *)(kp.base + kp.norms_offset) + tin * TILE;
 		tile->vnorms[t] = (const uint16_t *)(vp.base + vp.norms_offset) + tin * TILE;
-		for (unsigned i = 0; i < TILE && t < *n_tiles; i++)
-			if (first + i >= lo && first + i <= pos)
-				valid |= (uint16_t)(1u << i);
-		tile->valid[t] = valid;
+		if (to > TILE - 1)
+			to = TILE - 1;
+		tile->valid[t] = t < *n_tiles && pos >= first && from <= to
+			? (uint16_t)((0xffffu >> (TILE - 1 - to)) & (0xffffu << from)) : 0;
 	}
 	return 0;
 }
@@ -463,7 +465,8 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		uint64_t t0 = lo / TILE * TILE;
 		struct attn_tile ring[ATTN_LOOKAHEAD + 1];
 		unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
-		struct page_memo memo = { { false, false }, { { 0 } }, { { 0 } } };
+		struct page_memo memo = { { tqkv_page_size(kc, v->block_tokens), tqkv_page_size(vc, v->block_tokens) },
+					  { false, false }, { { 0 } }, { { 0 } } };
 		float cent16[16];
 		const float *vcent = vc->cent_hi;
 

@@ -18,6 +18,7 @@
 #include <tqkv/client.h>
 
 #include "model.h"
+#include "view-page.h"
 
 #define REPLY_FDS_MAX 4
 
@@ -823,26 +824,16 @@ TQKV_EXPORT int tqkv_seq_view_written(struct tqkv_seq *s, uint32_t layer, uint64
 TQKV_EXPORT const void *tqkv_view_page(const struct tqkv_layer_view *v, uint64_t block, uint32_t head,
 				       unsigned stream, size_t *ret_size)
 {
-	const struct tqkv_block_header *h;
-	uint64_t rec, off;
 	size_t size;
+	const void *p;
 
-	if (block >= v->n_blocks || head >= v->n_kv_heads || stream > 1)
+	if (head >= v->n_kv_heads || stream > 1)
 		return NULL;
-	rec = v->block_table[block];
-	if (rec > v->arena_bytes || v->arena_bytes - rec < MODEL_PAGE_TABLE_OFFSET + 8ull * (v->page_index + 2 * v->n_kv_heads))
-		return NULL;
-	h = (const void *)(v->arena + rec);
-	off = ((const uint64_t *)(v->arena + rec + MODEL_PAGE_TABLE_OFFSET))[v->page_index + head * 2 + stream];
 	size = tqkv_page_size(v->codecs[head * 2 + stream], v->block_tokens);
-	/* Offset 0: a windowed layer's page the daemon freed (out of the
-	 * window); record_bytes shrank then too. */
-	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - rec || off < MODEL_PAGE_TABLE_OFFSET ||
-	    off > h->record_bytes || size > h->record_bytes - off)
-		return NULL;
-	if (ret_size)
+	p = view_page_sized(v, block, head, stream, size);
+	if (p && ret_size)
 		*ret_size = size;
-	return v->arena + rec + off;
+	return p;
 }
 
 TQKV_EXPORT const uint16_t *tqkv_view_tail_row(const struct tqkv_layer_view *v, uint64_t token, uint32_t head,

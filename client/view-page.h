@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The page of a published block, found through the block's record in the
+ * mapped arena: shared by tqkv_view_page() and the attention loop, which
+ * calls it once per chunk and so wants it inline.
+ */
+#ifndef TQKV_VIEW_PAGE_H
+#define TQKV_VIEW_PAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tqkv/client.h>
+#include <tqkv/page.h>
+
+#include "model.h"
+
+/* The page of (block, head, stream), of size bytes (tqkv_page_size() of
+ * its codec), or NULL where the record does not hold it whole: checked
+ * against the arena's bounds, since the arena is another process's
+ * memory.  Offset 0: a windowed layer's page the daemon freed (out of the
+ * window); record_bytes shrank then too. */
+static inline const void *view_page_sized(const struct tqkv_layer_view *v, uint64_t block, uint32_t head,
+					  unsigned stream, size_t size)
+{
+	const struct tqkv_block_header *h;
+	uint64_t rec, off;
+
+	if (block >= v->n_blocks || head >= v->n_kv_heads || stream > 1)
+		return NULL;
+	rec = v->block_table[block];
+	if (rec > v->arena_bytes || v->arena_bytes - rec < MODEL_PAGE_TABLE_OFFSET + 8ull * (v->page_index + 2 * v->n_kv_heads))
+		return NULL;
+	h = (const void *)(v->arena + rec);
+	off = ((const uint64_t *)(v->arena + rec + MODEL_PAGE_TABLE_OFFSET))[v->page_index + head * 2 + stream];
+	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - rec || off < MODEL_PAGE_TABLE_OFFSET ||
+	    off > h->record_bytes || size > h->record_bytes - off)
+		return NULL;
+	return v->arena + rec + off;
+}
+
+#endif
