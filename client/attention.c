@@ -267,17 +267,13 @@ static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t hea
  * tqkv_view_page() does, since a prefetch address is still computed. */
 static void prefetch_block_meta(const struct tqkv_layer_view *v, uint64_t block, uint32_t head, unsigned stage)
 {
-	const uint8_t *rec;
+	const uint8_t *rec = view_record(v, block);
 	const uint64_t *pt;
 	uint64_t off;
 
-	if (block >= v->n_blocks)
+	if (!rec)
 		return;
-	off = v->block_table[block];
-	if (off > v->arena_bytes ||
-	    v->arena_bytes - off < MODEL_PAGE_TABLE_OFFSET + 8ull * (v->page_index + 2 * v->n_kv_heads))
-		return;
-	rec = v->arena + off;
+	off = (uint64_t)(rec - v->arena);
 	pt = (const uint64_t *)(rec + MODEL_PAGE_TABLE_OFFSET) + v->page_index + head * 2;
 	if (stage == 0) {
 		__builtin_prefetch(rec);

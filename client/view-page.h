@@ -15,6 +15,20 @@
 
 #include "model.h"
 
+/* The record of a published block, where the arena holds its header and
+ * whole page table; else NULL. */
+static inline const uint8_t *view_record(const struct tqkv_layer_view *v, uint64_t block)
+{
+	uint64_t rec;
+
+	if (block >= v->n_blocks)
+		return NULL;
+	rec = v->block_table[block];
+	if (rec > v->arena_bytes || v->arena_bytes - rec < MODEL_PAGE_TABLE_OFFSET + 8ull * (v->page_index + 2 * v->n_kv_heads))
+		return NULL;
+	return v->arena + rec;
+}
+
 /* The page of (block, head, stream), of size bytes (tqkv_page_size() of
  * its codec), or NULL where the record does not hold it whole: checked
  * against the arena's bounds, since the arena is another process's
@@ -23,20 +37,17 @@
 static inline const void *view_page_sized(const struct tqkv_layer_view *v, uint64_t block, uint32_t head,
 					  unsigned stream, size_t size)
 {
-	const struct tqkv_block_header *h;
-	uint64_t rec, off;
+	const uint8_t *rec = view_record(v, block);
+	const struct tqkv_block_header *h = (const void *)rec;
+	uint64_t off;
 
-	if (block >= v->n_blocks || head >= v->n_kv_heads || stream > 1)
+	if (!rec || head >= v->n_kv_heads || stream > 1)
 		return NULL;
-	rec = v->block_table[block];
-	if (rec > v->arena_bytes || v->arena_bytes - rec < MODEL_PAGE_TABLE_OFFSET + 8ull * (v->page_index + 2 * v->n_kv_heads))
+	off = ((const uint64_t *)(rec + MODEL_PAGE_TABLE_OFFSET))[v->page_index + head * 2 + stream];
+	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - (uint64_t)(rec - v->arena) ||
+	    off < MODEL_PAGE_TABLE_OFFSET || off > h->record_bytes || size > h->record_bytes - off)
 		return NULL;
-	h = (const void *)(v->arena + rec);
-	off = ((const uint64_t *)(v->arena + rec + MODEL_PAGE_TABLE_OFFSET))[v->page_index + head * 2 + stream];
-	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - rec || off < MODEL_PAGE_TABLE_OFFSET ||
-	    off > h->record_bytes || size > h->record_bytes - off)
-		return NULL;
-	return v->arena + rec + off;
+	return rec + off;
 }
 
 #endif
