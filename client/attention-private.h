@@ -35,7 +35,7 @@ struct attn_tile {
 
 /* Requests slice w of n of the later chunk's bytes (tile->ahead), into L2:
  * L1 stays with the chunk being computed. */
-static inline void attn_prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)
+static inline __attribute__((always_inline)) void attn_prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)
 {
 	for (unsigned s = 0; s < 2; s++) {
 		uint32_t from = tile->ahead_bytes[s] * w / n & ~63u, to = tile->ahead_bytes[s] * (w + 1) / n;

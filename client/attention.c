@@ -264,8 +264,12 @@ static int page_of(const struct tqkv_layer_view *v, uint64_t block, uint32_t hea
  * misses would otherwise come one after another: stage 0 the record's
  * header and page table entries, stage 1 (when those have arrived) the
  * two page headers.  Reads only what stage 0 brought; checks bounds as
- * tqkv_view_page() does, since a prefetch address is still computed. */
-static void prefetch_block_meta(const struct tqkv_layer_view *v, uint64_t block, uint32_t head, unsigned stage)
+ * tqkv_view_page() does, since a prefetch address is still computed.
+ * Always inline, as every function here that only prefetches: GCC counts
+ * a prefetch as no side effect, so it finds an out-of-line call to such a
+ * function pure and deletes it (it did: these requests never ran). */
+static inline __attribute__((always_inline)) void prefetch_block_meta(const struct tqkv_layer_view *v, uint64_t block,
+								      uint32_t head, unsigned stage)
 {
 	const uint8_t *rec = view_record(v, block);
 	const uint64_t *pt;
@@ -422,7 +426,7 @@ static int chunk_at(const struct tqkv_layer_view *v, uint32_t head, uint64_t lo,
 /* Asks for a chunk's norms, and with tiles its packed tiles too (the
  * first chunks; later ones are requested by the kernel, spread over its
  * work, as a burst of misses stalls it). */
-static void prefetch_chunk(const struct attn_tile *tile, unsigned n_tiles, bool tiles)
+static inline __attribute__((always_inline)) void prefetch_chunk(const struct attn_tile *tile, unsigned n_tiles, bool tiles)
 {
 	for (unsigned t = 0; t < n_tiles && tiles; t++) {
 		for (unsigned line = 0; line < tile->tile_bytes; line += 64)
