@@ -133,7 +133,12 @@ Test(codec, pack_unpack_round_trip)
 }
 
 /* Every kind and head_dim decodes what it encoded, within its precision;
- * 37 tokens leave a partial last tile. */
+ * 37 tokens leave a partial last tile.  The mean error is the codec's
+ * precision.  One token's error can be several times it where a rotated
+ * coordinate lands in the Gaussian tail beyond the outer centroid (at
+ * 4.7 sigma, 2 sigma past it: seen at d = 64 once in ~150 runs), which
+ * adds up to (z - c_max)^2 / d; the per-token bound allows 8 / d for that
+ * and still catches a token decoded wrong (error ~2). */
 Test(codec, round_trip_every_kind)
 {
 	static const double max_rel_err2[TQKV_KIND_MAX] = {
@@ -157,7 +162,8 @@ Test(codec, round_trip_every_kind)
 			for (uint32_t t = 0; t < n; t++) {
 				double e = rel_err2(x + t * d, y + t * d, d);
 
-				cr_assert_lt(e, max_rel_err2[k] * 3, "%s d=%u t=%u err %g", tqkv_kind_to_string(k), d, t, e);
+				cr_assert_lt(e, max_rel_err2[k] * 3 + 8.0 / d, "%s d=%u t=%u err %g", tqkv_kind_to_string(k),
+					     d, t, e);
 				err += e / n;
 			}
 			cr_assert_lt(err, max_rel_err2[k], "%s d=%u mean err %g", tqkv_kind_to_string(k), d, err);
