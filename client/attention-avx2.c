@@ -17,7 +17,8 @@
 
 #define HALVES 2
 
-/* e^x for x <= 0, relative error ~1e-7 (the AVX-512 kernel's polynomial). */
+/* e^x for x <= ATTN_MAX_SLACK, relative error ~1e-7 (the AVX-512 kernel's
+ * polynomial). */
 static __m256 exp256(__m256 x)
 {
 	const __m256 log2e = _mm256_set1_ps(1.44269504f), ln2_hi = _mm256_set1_ps(0.693359375f),
@@ -36,7 +37,7 @@ static __m256 exp256(__m256 x)
 	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
 	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
 	p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-	/* 2^n for n in [-126, 0]: the exponent field. */
+	/* 2^n for n in [-126, 12]: the exponent field. */
 	e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
 	return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
@@ -106,9 +107,9 @@ static void chunk_scores(const struct attn_tile *tile, const struct attn_lane_st
 static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *st, __m256 (*s)[HALVES],
 			  __m256 (*p)[HALVES])
 {
-	float m_chunk = -INFINITY, m_new, sum = 0;
+	float m_new, sum = 0;
 	double m_old = *st->m;
-	__m256 total = _mm256_setzero_ps();
+	__m256 total = _mm256_setzero_ps(), max = _mm256_set1_ps(-INFINITY);
 
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 		for (unsigned h = 0; h < HALVES; h++) {
@@ -116,19 +117,21 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 			__m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
 			__m256i valid = _mm256_set1_epi32((tile->valid[t] >> (8 * h)) & 0xff);
 			__m256 keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(valid, bit), bit));
-			float m;
 
 			s[t][h] = _mm256_fmadd_ps(s[t][h], kn, _mm256_set1_ps(st->q_mean));
 			s[t][h] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s[t][h], keep);
-			m = hmax256(s[t][h]);
-			m_chunk = m > m_chunk ? m : m_chunk;
+			max = _mm256_max_ps(max, s[t][h]);
 			p[t][h] = keep;  /* the mask, until the weights replace it */
 		}
-	m_new = m_chunk > m_old ? m_chunk : (float)m_old;
-	if (m_new > m_old) {
-		float f = (float)exp(m_old - m_new);
-		__m256 fv = _mm256_set1_ps(f);
+	/* The max moves only by more than ATTN_MAX_SLACK (attention-private.h). */
+	m_new = (float)m_old;
+	if (_mm256_movemask_ps(_mm256_cmp_ps(max, _mm256_set1_ps((float)m_old + ATTN_MAX_SLACK), _CMP_GT_OQ))) {
+		float f;
+		__m256 fv;
 
+		m_new = hmax256(max);
+		f = (float)exp(m_old - m_new);
+		fv = _mm256_set1_ps(f);
 		*st->l *= f;
 		for (unsigned i = 0; i < tile->d * 16; i += 8)
 			_mm256_store_ps(st->lanes + i, _mm256_mul_ps(_mm256_load_ps(st->lanes + i), fv));

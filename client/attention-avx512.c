@@ -19,7 +19,8 @@
 
 #include "attention-private.h"
 
-/* e^x for x <= 0 (scores minus the running max), relative error ~1e-7. */
+/* e^x for x <= ATTN_MAX_SLACK (scores minus the running max), relative
+ * error ~1e-7. */
 static __m512 exp_ps(__m512 x)
 {
 	const __m512 log2e = _mm512_set1_ps(1.44269504f), ln2_hi = _mm512_set1_ps(0.693359375f),
@@ -189,8 +190,9 @@ static inline __attribute__((always_inline)) void chunk_scores(const struct attn
  * weights times value norms p[t]. */
 static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *st, __m512 *s, __m512 *p)
 {
-	float m_chunk = -INFINITY, m_new, sum = 0;
+	float m_new, sum = 0;
 	double m_old = *st->m;
+	__m512 max;
 
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
 		__m512 kn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tile->knorms[t]));
@@ -198,12 +200,18 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 		s[t] = _mm512_fmadd_ps(s[t], kn, _mm512_set1_ps(st->q_mean));
 		s[t] = _mm512_mask_blend_ps(tile->valid[t], _mm512_set1_ps(-INFINITY), s[t]);
 	}
-	m_chunk = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3])));
-	m_new = m_chunk > m_old ? m_chunk : (float)m_old;
-	if (m_new > m_old) {
-		float f = (float)exp(m_old - m_new);
-		__m512 fv = _mm512_set1_ps(f);
+	/* The running max moves only when a score passes it by ATTN_MAX_SLACK
+	 * (attention-private.h); one compare finds out, and the horizontal
+	 * maximum and the rescale of the lanes run only then. */
+	max = _mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3]));
+	m_new = (float)m_old;
+	if (_mm512_cmp_ps_mask(max, _mm512_set1_ps((float)m_old + ATTN_MAX_SLACK), _CMP_GT_OQ)) {
+		float f;
+		__m512 fv;
 
+		m_new = _mm512_reduce_max_ps(max);
+		f = (float)exp(m_old - m_new);
+		fv = _mm512_set1_ps(f);
 		*st->l *= f;
 		for (unsigned i = 0; i < tile->d; i++)
 			_mm512_store_ps(st->lanes + i * 16, _mm512_mul_ps(_mm512_load_ps(st->lanes + i * 16), fv));

@@ -33,6 +33,14 @@ struct attn_tile {
 	uint32_t *idx;
 };
 
+/* How far (in score units, natural log) a chunk's scores may pass a
+ * head's running max before the max moves and the accumulators are
+ * rescaled.  Softmax weights are then at most e^8 ~ 3000, far from fp32
+ * overflow and with the same relative precision, and the result is the
+ * same for any reference max; most chunks that raise the max raise it a
+ * little, and now skip the horizontal maximum and the rescale. */
+#define ATTN_MAX_SLACK 8.0f
+
 /* Requests slice w of n of the later chunk's bytes (tile->ahead), into L2:
  * L1 stays with the chunk being computed. */
 static inline __attribute__((always_inline)) void attn_prefetch_slice(const struct attn_tile *tile, unsigned w, unsigned n)

@@ -46,21 +46,35 @@ static const struct tqkv_model model = {
 	.max_sequences = 2,
 };
 
-/* Keys with a per-channel offset, as real keys have, so centering matters. */
-static void append(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t to, bool wait_publish)
+/* The query vectors check_all_layers() uses for layer l at position pos
+ * (n_q * d floats). */
+static void queries(uint64_t seed, uint64_t pos, uint32_t l, unsigned n_q, unsigned d, float *q)
+{
+	gaussian_fill(seed + pos * 31 + l, q, n_q * d);
+}
+
+/* Keys with a per-channel offset, as real keys have, so centering matters.
+ * With rise > 0, each key also holds the direction of the query that
+ * check_all_layers(.., seed, to - 1, 1, ..) asks with, growing so that its
+ * scores climb by ~rise (natural log units) every 64 tokens. */
+static void append_keys(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t to, bool wait_publish, float rise)
 {
 	for (uint64_t t = from; t < to; t++) {
 		for (uint32_t l = 0; l < N_LAYERS; l++) {
 			uint16_t k[KV_HEADS * MAX_DIM], v[KV_HEADS * MAX_DIM];
-			float f[2 * KV_HEADS * MAX_DIM];
-			unsigned n = KV_HEADS * layers[l].head_dim;
+			float f[2 * KV_HEADS * MAX_DIM], q[KV_HEADS * MAX_DIM];
+			unsigned d = layers[l].head_dim, n = KV_HEADS * d;
+			/* scores are scale * q.k with scale 1/sqrt(d) and |q|^2 ~ d */
+			float grow = rise * (float)t / (64.0f * sqrtf((float)d));
 			int r;
 
 			if (layers[l].kv_source >= 0)
 				continue;
 			gaussian_fill(seed ^ (t * 0x9e3779b97f4a7c15ull) ^ l, f, 2 * n);
+			if (rise > 0)
+				queries(seed, to - 1, l, KV_HEADS, d, q);
 			for (unsigned i = 0; i < n; i++) {
-				k[i] = tqkv_f32_to_f16(f[i] + (float)(i % 7) - 3.0f);
+				k[i] = tqkv_f32_to_f16(f[i] + (float)(i % 7) - 3.0f + (rise > 0 ? grow * q[i] : 0.0f));
 				v[i] = tqkv_f32_to_f16(f[n + i]);
 			}
 			while ((r = tqkv_seq_write(s, t, l, k, v)) == -EAGAIN) {
@@ -75,6 +89,11 @@ static void append(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t to
 	cr_assert_eq(tqkv_seq_commit(s, to), 0);
 	if (wait_publish)
 		cr_assert_eq(tqkv_seq_wait(s, to), 0);
+}
+
+static void append(struct tqkv_seq *s, uint64_t seed, uint64_t from, uint64_t to, bool wait_publish)
+{
+	append_keys(s, seed, from, to, wait_publish, 0);
 }
 
 /* float64 attention over the view's decoded K/V. */
@@ -148,7 +167,7 @@ static void check_all_layers(struct tqkv_seq *s, uint64_t seed, uint64_t pos, un
 		q = malloc(sizeof(float) * n_q * d);
 		out = malloc(sizeof(float) * n_q * d);
 		ref = malloc(sizeof(double) * n_q * d);
-		gaussian_fill(seed + pos * 31 + l, q, n_q * d);
+		queries(seed, pos, l, n_q, d, q);
 		reference(&v, q, n_q, 1.0f / sqrtf((float)d), pos, window, ref);
 		for (size_t k = 0; k < sizeof(kernels) / sizeof(kernels[0]); k++) {
 			struct tqkv_attn a = { .n_q_heads = n_q, .scale = 1.0f / sqrtf((float)d), .position = pos,
@@ -222,6 +241,31 @@ Test(attention, long_context_40000_tokens, .timeout = 300)
 	check_all_layers(s, 0x40000, 39999, 4, 0, 2);
 	check_all_layers(s, 0x40000, 39999, 1, 4096, 1);
 	tqkv_seq_close(s);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* Scores that climb through the sequence, so that the running max moves
+ * often: by less than ATTN_MAX_SLACK per chunk (weights above 1 in the
+ * kernels, the max left where it was) and by more (rescales). */
+Test(attention, rising_scores, .timeout = 120)
+{
+	static const float rises[] = { 0.5f, 3.0f, 20.0f };
+	struct test_daemon d;
+	struct tqkv_client *c;
+
+	daemon_start(&d, NULL);
+	c = connect_model(&d);
+	for (size_t i = 0; i < sizeof(rises) / sizeof(rises[0]); i++) {
+		struct tqkv_seq *s;
+		uint64_t seed = 0x415e + i, n = 1000;
+
+		cr_assert_eq(tqkv_seq_open(c, &s), 0);
+		append_keys(s, seed, 0, n, true, rises[i]);
+		check_all_layers(s, seed, n - 1, 1, 0, 1);
+		check_all_layers(s, seed, n - 1, 1, 0, 2);
+		cr_assert_eq(tqkv_seq_close(s), 0);
+	}
 	tqkv_client_free(c);
 	daemon_stop(&d);
 }
