@@ -206,16 +206,17 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 	max = _mm512_max_ps(_mm512_max_ps(s[0], s[1]), _mm512_max_ps(s[2], s[3]));
 	m_new = (float)m_old;
 	if (_mm512_cmp_ps_mask(max, _mm512_set1_ps((float)m_old + ATTN_MAX_SLACK), _CMP_GT_OQ)) {
-		float f;
-		__m512 fv;
-
 		m_new = _mm512_reduce_max_ps(max);
-		f = (float)exp(m_old - m_new);
-		fv = _mm512_set1_ps(f);
-		*st->l *= f;
-		for (unsigned i = 0; i < tile->d; i++)
-			_mm512_store_ps(st->lanes + i * 16, _mm512_mul_ps(_mm512_load_ps(st->lanes + i * 16), fv));
-		attn_rescale_scalar(st, f);
+		/* Before the first weight every sum is still zero. */
+		if (m_old != -INFINITY) {
+			float f = (float)exp(m_old - m_new);
+			__m512 fv = _mm512_set1_ps(f);
+
+			*st->l *= f;
+			for (unsigned i = 0; i < tile->d; i++)
+				_mm512_store_ps(st->lanes + i * 16, _mm512_mul_ps(_mm512_load_ps(st->lanes + i * 16), fv));
+			attn_rescale_scalar(st, f);
+		}
 		*st->m = m_new;
 	}
 	{
