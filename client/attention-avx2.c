@@ -127,17 +127,7 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 	m_new = (float)m_old;
 	if (_mm256_movemask_ps(_mm256_cmp_ps(max, _mm256_set1_ps((float)m_old + ATTN_MAX_SLACK), _CMP_GT_OQ))) {
 		m_new = hmax256(max);
-		/* Before the first weight every sum is still zero. */
-		if (m_old != -INFINITY) {
-			float f = (float)exp(m_old - m_new);
-			__m256 fv = _mm256_set1_ps(f);
-
-			*st->l *= f;
-			for (unsigned i = 0; i < tile->d * 16; i += 8)
-				_mm256_store_ps(st->lanes + i, _mm256_mul_ps(_mm256_load_ps(st->lanes + i), fv));
-			attn_rescale_scalar(st, f);
-		}
-		*st->m = m_new;
+		attn_move_max(st, m_new);
 	}
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
 		for (unsigned h = 0; h < HALVES; h++) {

@@ -207,17 +207,7 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 	m_new = (float)m_old;
 	if (_mm512_cmp_ps_mask(max, _mm512_set1_ps((float)m_old + ATTN_MAX_SLACK), _CMP_GT_OQ)) {
 		m_new = _mm512_reduce_max_ps(max);
-		/* Before the first weight every sum is still zero. */
-		if (m_old != -INFINITY) {
-			float f = (float)exp(m_old - m_new);
-			__m512 fv = _mm512_set1_ps(f);
-
-			*st->l *= f;
-			for (unsigned i = 0; i < tile->d; i++)
-				_mm512_store_ps(st->lanes + i * 16, _mm512_mul_ps(_mm512_load_ps(st->lanes + i * 16), fv));
-			attn_rescale_scalar(st, f);
-		}
-		*st->m = m_new;
+		attn_move_max(st, m_new);
 	}
 	{
 		__m512 total = _mm512_setzero_ps();

@@ -61,7 +61,7 @@ struct attn_lane_state {
 	float q_mean;
 	double *m, *l;        /* running max and sum */
 	float *lanes;         /* [d][16] per-lane value sums, 64-byte aligned */
-	void *owner;          /* the portable state, for attn_rescale_scalar */
+	void *owner;          /* the portable state, for attn_move_max */
 };
 
 /* Runs fn(args + i * stride) for i in [0, n): i = 0 on the calling thread,
@@ -69,8 +69,10 @@ struct attn_lane_state {
  * are done. */
 void attn_pool_run(void (*fn)(void *arg), void *args, size_t stride, unsigned n);
 
-/* Rescales the portable accumulators of a head by f (attention.c). */
-void attn_rescale_scalar(struct attn_lane_state *st, float f);
+/* Moves a head's running max up to m_new: every sum it holds (l, the
+ * lanes, the portable accumulators) is rescaled to it (attention.c).  Rare
+ * (ATTN_MAX_SLACK), so portable code serves every kernel. */
+void attn_move_max(struct attn_lane_state *st, float m_new);
 
 /* Builds btab (d / 8 * ATTN_TQ4_WORD_TABLE bytes) for the scaled rotated query qs (d
  * floats) and the key centroids; returns the tables' unit. */

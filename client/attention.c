@@ -51,15 +51,29 @@ struct head_state {
 	float bstep;
 };
 
-void attn_rescale_scalar(struct attn_lane_state *ls, float f)
+/* Multiplies the portable accumulators of a head by f. */
+static void scale_accumulators(struct head_state *st, double f)
 {
-	struct head_state *st = ls->owner;
-
 	for (unsigned j = 0; j < st->d; j++)
 		st->acc[j] *= f;
 	if (st->acc_rot)
 		for (unsigned j = 0; j < st->d_rot; j++)
 			st->acc_rot[j] *= f;
+}
+
+void attn_move_max(struct attn_lane_state *ls, float m_new)
+{
+	/* Before the first weight every sum is still zero. */
+	if (*ls->m != -INFINITY) {
+		struct head_state *st = ls->owner;
+		float f = (float)exp(*ls->m - m_new);
+
+		*ls->l *= f;
+		for (unsigned i = 0; i < st->d_rot * 16; i++)
+			ls->lanes[i] *= f;
+		scale_accumulators(st, f);
+	}
+	*ls->m = m_new;
 }
 
 /* The kernels that serve a pair of K and V streams. */
@@ -143,11 +157,7 @@ static void online_update(struct head_state *st, double s, const float *y, doubl
 		double f = exp(st->m - s);
 
 		st->l *= f;
-		for (unsigned j = 0; j < st->d; j++)
-			st->acc[j] *= f;
-		if (st->acc_rot)
-			for (unsigned j = 0; j < st->d_rot; j++)
-				st->acc_rot[j] *= f;
+		scale_accumulators(st, f);
 		st->m = s;
 	}
 	{
