@@ -180,33 +180,51 @@ static inline __attribute__((always_inline)) void tile_nibbles(const struct attn
 	}
 }
 
-/* One tile of 2- or 3-bit planes as nibble words: attn_tile_tq4_avx512's
- * tile_to_nibbles, 32 bytes at a time. */
+static inline void store_half_word(uint8_t *out, unsigned w, unsigned h, __m256i v)
+{
+	_mm256_store_si256((__m256i *)(out + w * 64 + h * 32), v);
+}
+
+/* (a & m) | (b & ~m) */
+static inline __m256i blend_bits(__m256i a, __m256i b, uint32_t m)
+{
+	const __m256i mask = _mm256_set1_epi32((int)m);
+
+	return _mm256_or_si256(_mm256_and_si256(a, mask), _mm256_andnot_si256(mask, b));
+}
+
+/* One tile of 2- or 3-bit planes as nibble words, each index in bits 0-2
+ * of its nibble (the bits above may hold others').  2-bit: the even and
+ * the odd fields of word w are nibble words w and w + W / 2.  3-bit: the
+ * words of a group of four nibble words (tq3-words.h) moved back to the
+ * index's own bits, which attn_tile_tq4_avx512 avoids by permuting its
+ * tables but costs this kernel's two-register lookups too much. */
 static void tile_to_nibbles(const struct tqkv_layout *l, const uint8_t *bits, uint8_t *out)
 {
-	const struct tqkv_plane *lo = &l->planes[0], *hi = l->n_planes > 1 ? &l->planes[1] : NULL;
+	const unsigned W = l->padded_dim / 8;
 	const __m256i m = _mm256_set1_epi32(0x33333333);
-	const unsigned W2 = lo->words, W1 = hi ? hi->words : 1;
 
-	for (unsigned w = 0; w < W2; w++)
-		for (unsigned h = 0; h < HALVES; h++) {
-			__m256i L = load_half_word(bits + lo->offset, w, h), even, odd;
+	for (unsigned h = 0; h < HALVES; h++) {
+		if (l->bits_hi == 2) {
+			for (unsigned w = 0; w < W / 2; w++) {
+				__m256i L = load_half_word(bits, w, h);
 
-			if (hi) {
-				__m256i H = load_half_word(bits + hi->offset, w % W1, h);
-				bool up = w >= W1;
-
-				even = _mm256_or_si256(_mm256_and_si256(L, m),
-						       _mm256_andnot_si256(m, up ? _mm256_slli_epi32(H, 1) : _mm256_slli_epi32(H, 2)));
-				odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(L, 2), m),
-						      _mm256_andnot_si256(m, up ? _mm256_srli_epi32(H, 1) : H));
-			} else {
-				even = _mm256_and_si256(L, m);
-				odd = _mm256_and_si256(_mm256_srli_epi32(L, 2), m);
+				store_half_word(out, w, h, _mm256_and_si256(L, m));
+				store_half_word(out, w + W / 2, h, _mm256_and_si256(_mm256_srli_epi32(L, 2), m));
 			}
-			_mm256_store_si256((__m256i *)(out + w * 64 + h * 32), even);
-			_mm256_store_si256((__m256i *)(out + (w + W2) * 64 + h * 32), odd);
+			continue;
 		}
+		for (unsigned g = 0; g < W / 4; g++) {
+			__m256i a = load_half_word(bits, 3 * g, h), b = load_half_word(bits, 3 * g + 1, h),
+				c = load_half_word(bits, 3 * g + 2, h);
+			__m256i d = blend_bits(_mm256_srli_epi32(a, 3), _mm256_srli_epi32(b, 1), 0x11111111);
+
+			store_half_word(out, 4 * g, h, a);
+			store_half_word(out, 4 * g + 1, h, blend_bits(b, _mm256_srli_epi32(b, 1), 0x33333333));
+			store_half_word(out, 4 * g + 2, h, blend_bits(c, _mm256_srli_epi32(c, 1), 0x11111111));
+			store_half_word(out, 4 * g + 3, h, blend_bits(d, _mm256_slli_epi32(c, 1), 0x33333333));
+		}
+	}
 }
 
 void attn_tile_nibbles_avx2(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)

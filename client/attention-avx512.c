@@ -18,6 +18,7 @@
 #include <tqkv/page.h>
 
 #include "attention-private.h"
+#include "tq3-words.h"
 
 /* e^x for x <= ATTN_MAX_SLACK (scores minus the running max), relative
  * error ~1e-7. */
@@ -48,19 +49,19 @@ static __m512 exp_ps(__m512 x)
  * token's dword holds the nibbles of coordinates w + 2bW (low) and
  * w + (2b+1)W (high), so the low-nibble tables of word w have
  * T[w + 2bW][m] at byte 16b + m and the high-nibble ones T[w + (2b+1)W][m].
- * Per word: low h, m, l, then high h, m, l (64 bytes each). */
-float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float *cent_lo, unsigned split,
-			     unsigned d, uint8_t *btab)
+ * Per word: low h, m, l, then high h, m, l (64 bytes each).  c_j is the
+ * centroid table of word w's type (attention.c). */
+float attn_tq4_tables_avx512(const float *qs, const float *cent, unsigned d, uint8_t *btab)
 {
 	const unsigned W = d / 8;
-	const __m512 ch = _mm512_loadu_ps(cent_hi), cl = _mm512_loadu_ps(cent_lo);
 	const __m512i byte = _mm512_set1_epi32(0xff);
 	float qmax = 0, cmax, step;
 	__m512 inv;
 
 	for (unsigned j = 0; j < d; j++)
 		qmax = fabsf(qs[j]) > qmax ? fabsf(qs[j]) : qmax;
-	cmax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(ch), _mm512_abs_ps(cl)));
+	/* Every type's table holds the same centroids. */
+	cmax = _mm512_reduce_max_ps(_mm512_abs_ps(_mm512_loadu_ps(cent)));
 	/* Below 2^23 by a margin that float rounding of T / step cannot cross. */
 	step = qmax * cmax / 8388352.0f;
 	if (!(step > 0) || !isfinite(step))
@@ -70,7 +71,7 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float 
 		for (unsigned half = 0; half < 2; half++)
 			for (unsigned b = 0; b < 4; b++) {
 				unsigned j = w + (2 * b + half) * W;
-				__m512 row = _mm512_mul_ps(_mm512_set1_ps(qs[j]), j < split ? ch : cl);
+				__m512 row = _mm512_mul_ps(_mm512_set1_ps(qs[j]), _mm512_loadu_ps(cent + 16 * (w % 4)));
 				__m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(row, inv));
 				uint8_t *t = btab + (size_t)w * ATTN_TQ4_WORD_TABLE + half * 192 + b * 16;
 
@@ -82,16 +83,29 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float 
 	return step;
 }
 
-/* Word w of a tile as 4-bit nibble words.  4-bit tiles are that already.
- * 2- and 3-bit tiles hold a 2-bit plane of index bits 0-1 and, for 3
- * bits, a 1-bit plane of bit 2 (PAGE-FORMAT.md).  With W2 and W1 words per
- * token in the two planes (W2 = 2 W1 = W / 2), coordinate i = w + W2 f
- * sits in 2-bit field f of word w and in bit 2f + w / W1 of 1-bit word
- * w mod W1.  So the even fields of 2-bit word w, with their high bits
- * moved up to bit 2, make nibble word w, whose nibble k is coordinate
- * w + W k, and the odd fields make nibble word w + W2: the 4-bit mapping.
- * A nibble's bit 3 is then another index's bit, so the tables repeat
- * their 8 (or 4) centroids.
+/* Nibble word w of a 3-bit plane (tq3-words.h): a stored word for types
+ * 0-2, and (A & 8) | (B & 4) | (C & 3) per nibble for type 3. */
+static inline __attribute__((always_inline)) __m512i tq3_nibble_word(const uint8_t *plane, unsigned w)
+{
+	const uint8_t *group = plane + (w / 4) * 3 * 64;
+	__m512i ab;
+
+	if (w % 4 < 3)
+		return _mm512_loadu_si512(group + (w % 4) * 64);
+	/* (a & m) | (b & ~m) */
+	ab = _mm512_ternarylogic_epi32(_mm512_loadu_si512(group), _mm512_loadu_si512(group + 64),
+				       _mm512_set1_epi32((int)0x88888888u), 0xe4);
+	return _mm512_ternarylogic_epi32(ab, _mm512_loadu_si512(group + 128), _mm512_set1_epi32((int)0xccccccccu),
+					 0xe4);
+}
+
+/* Word w of a tile as 4-bit nibble words: coordinate w + W k (W = d / 8)
+ * in nibble k.  4-bit tiles are that already, and 3-bit ones nearly
+ * (tq3_nibble_word; their nibbles are looked up per word type).  2-bit
+ * tiles hold 16 fields per word: coordinate i = w + W2 f (W2 = W / 2) in
+ * field f of word w, so the even fields of word w are nibble word w and
+ * the odd ones nibble word w + W2.  A nibble's bits above its index then
+ * belong to other indices, so the tables repeat their centroids.
  *
  * B (index bits) and D (padded dimension) are the layout's when constant
  * (the kernel is specialised for the common cases), else 0: read them
@@ -99,25 +113,18 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float 
 static inline __attribute__((always_inline)) __m512i nibble_word(const struct tqkv_layout *l, unsigned B, unsigned D,
 								 const uint8_t *bits, unsigned w)
 {
-	const struct tqkv_plane *lo = &l->planes[0], *hi = &l->planes[1];
 	const __m512i m = _mm512_set1_epi32(0x33333333);
-	unsigned b = B ? B : l->bits_hi, n_planes = B ? (B == 3 ? 2 : 1) : l->n_planes;
-	unsigned W2 = D ? D / 16 : lo->words, W1 = D ? D / 32 : hi->words;
-	unsigned odd = w >= W2, w2 = odd ? w - W2 : w, up;
-	__m512i L, H;
+	unsigned b = B ? B : l->bits_hi, W2 = D ? D / 16 : l->padded_dim / 16;
+	__m512i L;
 
 	if (b == 4)
 		return _mm512_loadu_si512(bits + w * 64);
-	L = _mm512_loadu_si512(bits + lo->offset + w2 * 64);
-	if (odd)
+	if (b == 3)
+		return tq3_nibble_word(bits, w);
+	L = _mm512_loadu_si512(bits + (w % W2) * 64);
+	if (w >= W2)
 		L = _mm512_srli_epi32(L, 2);
-	if (n_planes == 1)
-		return _mm512_and_si512(L, m);
-	H = _mm512_loadu_si512(bits + hi->offset + (w2 & (W1 - 1)) * 64);
-	up = w2 >= W1;  /* this word's high bits sit one bit higher */
-	H = odd ? (up ? _mm512_srli_epi32(H, 1) : H) : (up ? _mm512_slli_epi32(H, 1) : _mm512_slli_epi32(H, 2));
-	/* (a & m) | (b & ~m): index bits 0-1 from L, bits 2-3 from H */
-	return _mm512_ternarylogic_epi32(L, H, m, 0xe4);
+	return _mm512_and_si512(L, m);
 }
 
 /* The vpermb indices of word w of a chunk's K tile t: low and high nibbles. */
@@ -239,6 +246,28 @@ static void accumulate_values(struct attn_lane_state *st, unsigned g, unsigned i
 	}
 }
 
+/* The values of packed word w of a chunk, centroids cent (16; loaded
+ * per word: at g = 4 registers are short). */
+static inline __attribute__((always_inline)) void values_word(const struct attn_tile *tile,
+							       struct attn_lane_state *st, unsigned g, unsigned VB,
+							       unsigned D_const, unsigned W, unsigned w, const float *centroids,
+							       __m512 (*p)[ATTN_CHUNK_TILES])
+{
+	const __m512 cent = _mm512_loadu_ps(centroids);
+	__m512i word[ATTN_CHUNK_TILES];
+
+	attn_prefetch_slice(tile, w, W);
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+		word[t] = nibble_word(tile->vlayout, VB, D_const, tile->vbits[t], w);
+	for (unsigned f = 0; f < 8; f++) {
+		__m512 c[ATTN_CHUNK_TILES];
+
+		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+			c[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(word[t], 4 * f), cent);
+		accumulate_values(st, g, w + f * W, c, p);
+	}
+}
+
 /* The 4-bit kernel for g query heads; inlined with g a constant for the
  * common group sizes so that the weights stay in registers, and with the
  * K and V index bits (KB, VB) and the dimension D constant (else 0) for
@@ -248,7 +277,7 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 							    unsigned VB, unsigned D_const)
 {
 	const unsigned D = D_const ? D_const : tile->d, W = D / 8;
-	const __m512 vcent = _mm512_loadu_ps(tile->vcent);
+	const bool typed = (VB ? VB : tile->vlayout->bits_hi) == 3;  /* centroids per word type */
 	__m512i kidx[ATTN_CHUNK_TILES * TQKV_HEAD_DIM_MAX / 8][2];
 	__m512 p[8][ATTN_CHUNK_TILES];
 
@@ -260,20 +289,35 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 		chunk_scores(tile, KB, D_const, W, kidx, g == 1, &st[k], s);
 		chunk_softmax(tile, &st[k], s, p[k]);
 	}
-	/* Values: per coordinate, each tile's centroids, weighted. */
+	/* Values: per coordinate, each tile's centroids, weighted.  3-bit
+	 * words go by four so that each one's type, and so its centroids,
+	 * is a constant (unrolling the 4-bit loop slows it). */
+	if (typed) {
+		for (unsigned w = 0; w < W; w += 4)
+#pragma GCC unroll 4
+			for (unsigned type = 0; type < 4; type++)
+				values_word(tile, st, g, VB, D_const, W, w + type, tile->vcent + 16 * type, p);
+	} else {
+		for (unsigned w = 0; w < W; w++)
+			values_word(tile, st, g, VB, D_const, W, w, tile->vcent, p);
+	}
+}
+
+/* A 3-bit plane's indices (always its coordinates' whole index): nibble
+ * k of nibble word w is coordinate w + W k, mapped per word type. */
+static void unpack_tq3(const struct tqkv_plane *pl, const uint8_t *bits, __m512i *idx)
+{
+	unsigned W = pl->n_coords / 8;
+	int32_t map[4][16];
+
+	for (unsigned T = 0; T < 4; T++)
+		for (unsigned n = 0; n < 16; n++)
+			map[T][n] = (int32_t)tq3_nibble_index(T, n);
 	for (unsigned w = 0; w < W; w++) {
-		__m512i word[ATTN_CHUNK_TILES];
+		__m512i word = tq3_nibble_word(bits + pl->offset, w), m = _mm512_loadu_si512(map[w % 4]);
 
-		attn_prefetch_slice(tile, w, W);
-		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-			word[t] = nibble_word(tile->vlayout, VB, D_const, tile->vbits[t], w);
-		for (unsigned f = 0; f < 8; f++) {
-			__m512 c[ATTN_CHUNK_TILES];
-
-			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-				c[t] = _mm512_permutexvar_ps(_mm512_srli_epi32(word[t], 4 * f), vcent);
-			accumulate_values(st, g, w + f * W, c, p);
-		}
+		for (unsigned k = 0; k < 8; k++)
+			idx[pl->first_coord + w + W * k] = _mm512_permutexvar_epi32(_mm512_srli_epi32(word, 4 * k), m);
 	}
 }
 
@@ -288,6 +332,10 @@ static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512
 		const __m512i mask = _mm512_set1_epi32((1 << pl->bits) - 1);
 		unsigned fields = pl->n_coords / pl->words;
 
+		if (pl->bits == 3) {
+			unpack_tq3(pl, bits, idx);
+			continue;
+		}
 		for (unsigned w = 0; w < pl->words; w++) {
 			__m512i word = pl->word_bits == 32
 				? _mm512_loadu_si512(bits + pl->offset + w * 64)

@@ -18,7 +18,9 @@ struct attn_tile {
 	const uint8_t *kbits[ATTN_CHUNK_TILES], *vbits[ATTN_CHUNK_TILES];
 	uint32_t tile_bytes, vtile_bytes;        /* of K, of V */
 	const uint16_t *knorms[ATTN_CHUNK_TILES], *vnorms[ATTN_CHUNK_TILES];  /* 16 fp16 each */
-	const float *vcent;                  /* V centroids (16) of [0, vsplit) */
+	const float *vcent;                  /* V centroids (16) of [0, vsplit); the
+					      * nibble kernels: [4][16], per nibble
+					      * word type (attention.c) */
 	const float *vcent_lo;               /* V centroids of [vsplit, d) */
 	unsigned vsplit;
 	unsigned d;                          /* padded dim */
@@ -75,9 +77,9 @@ void attn_pool_run(void (*fn)(void *arg), void *args, size_t stride, unsigned n)
 void attn_move_max(struct attn_lane_state *st, float m_new);
 
 /* Builds btab (d / 8 * ATTN_TQ4_WORD_TABLE bytes) for the scaled rotated query qs (d
- * floats) and the key centroids; returns the tables' unit. */
-float attn_tq4_tables_avx512(const float *qs, const float *cent_hi, const float *cent_lo, unsigned split,
-			     unsigned d, uint8_t *btab);
+ * floats) and the key centroids per nibble word type (16 floats per type;
+ * word w's at cent + 16 (w % 4)); returns the tables' unit. */
+float attn_tq4_tables_avx512(const float *qs, const float *cent, unsigned d, uint8_t *btab);
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);
 /* The same for any TurboQuant kinds of K and V: unpacks each tile's planes
  * to one index per lane first. */

@@ -26,6 +26,7 @@
 #include "codec-private.h"
 #include "cpu.h"
 #include "model.h"
+#include "tq3-words.h"
 #include "view-page.h"
 
 #define TILE TQKV_TILE_TOKENS
@@ -91,14 +92,17 @@ static bool nibble_stream(const struct tqkv_codec *c)
 	return c->cls == CODEC_CLASS_TQ && c->bits_hi == c->bits_lo && c->bits_hi >= 2 && c->d % 32 == 0;
 }
 
-/* The codebook of a uniform-width stream, repeated to 16 entries: the
- * nibble kernel's lookups see a 2- or 3-bit index with other bits above. */
-static void centroids16(const struct tqkv_codec *c, float *out)
+/* The codebook of a uniform-width stream as the nibble kernels look it
+ * up: out[16 T + n] is the centroid of nibble n of a nibble word of type
+ * T (word w mod 4).  A 2-bit index has other bits above it; a 3-bit one
+ * sits at the bits tq3-words.h gives for the type. */
+static void nibble_centroids(const struct tqkv_codec *c, float out[64])
 {
 	unsigned levels = 1u << c->bits_hi;
 
-	for (unsigned m = 0; m < 16; m++)
-		out[m] = c->cent_hi[m % levels];
+	for (unsigned T = 0; T < 4; T++)
+		for (unsigned n = 0; n < 16; n++)
+			out[16 * T + n] = c->cent_hi[levels == 8 ? tq3_nibble_index(T, n) : n % levels];
 }
 
 /* The instruction set a request resolves to on this CPU, or CPU_ISA_MAX
@@ -362,18 +366,19 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 			for (unsigned j = 0; j < kc->d; j++)
 				st[k].qrot[j] *= a->scale / kc->sqrt_d;
 			if (kernel == KERNEL_TQ4_AVX512) {
-				float cent[16];
+				float cent[64];
 
-				centroids16(kc, cent);
-				st[k].bstep = attn_tq4_tables_avx512(st[k].qrot, cent, cent, kc->d, kc->d, st[k].btab);
+				nibble_centroids(kc, cent);
+				st[k].bstep = attn_tq4_tables_avx512(st[k].qrot, cent, kc->d, st[k].btab);
 				continue;
 			}
 			for (unsigned j = 0; j < kc->d; j++) {
-				float c16[16];
+				float c16[64];
 				const float *cent = j < kc->split ? kc->cent_hi : kc->cent_lo;
 
+				/* The AVX2 kernel makes its nibbles type 0 (canonical). */
 				if (kernel == KERNEL_NIBBLE_AVX2) {
-					centroids16(kc, c16);
+					nibble_centroids(kc, c16);
 					cent = c16;
 				}
 				for (unsigned m = 0; m < 16; m++)
@@ -477,13 +482,13 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
 		struct page_memo memo = { { tqkv_page_size(kc, v->block_tokens), tqkv_page_size(vc, v->block_tokens) },
 					  { false, false }, { { 0 } }, { { 0 } } };
-		float cent16[16];
+		float cent16[64];
 		const float *vcent = vc->cent_hi;
 
 		for (unsigned k = 0; k < g; k++)
 			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
 		if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_NIBBLE_AVX2) {
-			centroids16(vc, cent16);
+			nibble_centroids(vc, cent16);
 			vcent = cent16;
 		}
 		/* The first blocks' page metadata, all at once: a short context

@@ -19,7 +19,7 @@
 #include "snapshot.h"
 
 #define SNAPSHOT_MAGIC "TQKVSNAP"
-#define SNAPSHOT_VERSION 1u
+#define SNAPSHOT_VERSION 2u
 #define RECORD_MAGIC 0x4b4c4253u /* "SBLK" */
 #define QUEUE_DEPTH 64u
 #define READ_CHUNK (16u << 20)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "codec-private.h"
+#include "tq3-words.h"
 
 #define MAX_REGS (TQKV_HEAD_DIM_MAX / 16)
 /* The per-token helpers are inlined into bodies specialised for each
@@ -134,17 +135,13 @@ ALWAYS_INLINE void scale_tables(const float step_bound[4][16], unsigned bits, fl
 	tab[bits - 1] = _mm512_set1_ps(step_bound[bits - 1][0] * scale);
 }
 
-/* Packs one plane of a token: register q of the plane holds its coordinates
- * 16q..16q+15; coordinate i goes to word i % words, field i / words. */
-static void pack_plane(const struct tqkv_plane *pl, const __m512i *idx, unsigned t, uint8_t *bits)
+/* Gathers fields into words: coordinate i (register i / 16, lane i % 16)
+ * goes to word i % W, field i / W of fb bits (the index's bits
+ * [shift, shift + bits)).  words has room for max(W, 16). */
+static void fields_to_words(const __m512i *src, unsigned nq, unsigned W, unsigned shift, unsigned bits,
+			    unsigned fb, uint32_t *words)
 {
-	const __m512i lane_offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-									  12, 13, 14, 15),
-							_mm512_set1_epi32(64));
-	const __m512i *src = idx + pl->first_coord / 16;
-	__m512i mask = _mm512_set1_epi32((1 << pl->bits) - 1);
-	unsigned nq = pl->n_coords / 16, W = pl->words;
-	uint8_t *base = bits + pl->offset;
+	const __m512i mask = _mm512_set1_epi32((1 << bits) - 1);
 
 	if (W >= 16) {
 		unsigned groups = W / 16;
@@ -153,37 +150,56 @@ static void pack_plane(const struct tqkv_plane *pl, const __m512i *idx, unsigned
 			__m512i word = _mm512_setzero_si512();
 
 			for (unsigned q = g; q < nq; q += groups) {
-				__m512i val = _mm512_and_si512(_mm512_srli_epi32(src[q], pl->shift), mask);
+				__m512i val = _mm512_and_si512(_mm512_srli_epi32(src[q], shift), mask);
 
-				word = _mm512_or_si512(word, _mm512_slli_epi32(val, pl->bits * (q / groups)));
+				word = _mm512_or_si512(word, _mm512_slli_epi32(val, fb * (q / groups)));
 			}
-			_mm512_i32scatter_epi32(base + (g * 16 * TQKV_TILE_TOKENS + t) * 4, lane_offsets, word, 1);
+			_mm512_storeu_si512(words + 16 * g, word);
 		}
 		return;
 	}
 
 	{
-		uint32_t words[16];
 		__m512i acc = _mm512_setzero_si512();
 		unsigned per_reg = 16 / W;  /* fields one register contributes per word */
 
 		for (unsigned q = 0; q < nq; q++) {
-			__m512i val = _mm512_and_si512(_mm512_srli_epi32(src[q], pl->shift), mask);
+			__m512i val = _mm512_and_si512(_mm512_srli_epi32(src[q], shift), mask);
 
-			acc = _mm512_or_si512(acc, _mm512_slli_epi32(val, pl->bits * q * per_reg));
+			acc = _mm512_or_si512(acc, _mm512_slli_epi32(val, fb * q * per_reg));
 		}
 		_mm512_storeu_si512(words, acc);
-		/* Fold lanes w + m * W into word w, field m (see pack_plane's
-		 * comment): halve the lane count until W lanes remain. */
+		/* Fold lanes w + m * W into word w, field m: halve the lane
+		 * count until W lanes remain. */
 		for (unsigned h = 8; h >= W && h; h >>= 1)
 			for (unsigned l = 0; l < h; l++)
-				words[l] |= words[l + h] << (pl->bits * (h / W));
-		for (unsigned w = 0; w < W; w++) {
-			if (pl->word_bits == 32)
-				memcpy(base + (w * TQKV_TILE_TOKENS + t) * 4, &words[w], 4);
-			else
-				memcpy(base + (w * TQKV_TILE_TOKENS + t) * 2, &words[w], 2);
-		}
+				words[l] |= words[l + h] << (fb * (h / W));
+	}
+}
+
+/* Packs one plane of a token: register q of the plane holds its coordinates
+ * 16q..16q+15; coordinate i goes to word i % words, field i / words, or
+ * for a 3-bit plane to nibble words that tq3-words.h stores. */
+static void pack_plane(const struct tqkv_plane *pl, const __m512i *idx, unsigned t, uint8_t *bits)
+{
+	const __m512i *src = idx + pl->first_coord / 16;
+	uint32_t words[TQKV_HEAD_DIM_MAX / 4 + 16];
+	unsigned nq = pl->n_coords / 16;
+	uint8_t *base = bits + pl->offset;
+
+	if (pl->bits == 3) {
+		uint32_t nib[TQKV_HEAD_DIM_MAX / 8 + 16];
+
+		fields_to_words(src, nq, pl->n_coords / 8, 0, 3, 4, nib);
+		tq3_words_from_nibbles(nib, pl->n_coords / 8, words);
+	} else {
+		fields_to_words(src, nq, pl->words, pl->shift, pl->bits, pl->bits, words);
+	}
+	for (unsigned w = 0; w < pl->words; w++) {
+		if (pl->word_bits == 32)
+			memcpy(base + (w * TQKV_TILE_TOKENS + t) * 4, &words[w], 4);
+		else
+			memcpy(base + (w * TQKV_TILE_TOKENS + t) * 2, &words[w], 2);
 	}
 }
 
@@ -279,7 +295,9 @@ ALWAYS_INLINE void encode_tq_tokens(const struct tqkv_codec *c, const struct cod
  * that are whole registers or divide one. */
 static bool plane_fits_registers(const struct tqkv_plane *pl)
 {
-	return pl->n_coords % 16 == 0 && (pl->words % 16 == 0 || 16 % pl->words == 0);
+	unsigned words = pl->bits == 3 ? pl->n_coords / 8 : pl->words;
+
+	return pl->n_coords % 16 == 0 && (words % 16 == 0 || 16 % words == 0);
 }
 
 static void encode_int8_token(const struct tqkv_codec *c, const struct codec_src *src, unsigned t,

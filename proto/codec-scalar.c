@@ -9,6 +9,7 @@
 
 #include "codec-private.h"
 #include "qjl.h"
+#include "tq3-words.h"
 
 #define F16_MAX 65504.0f
 
@@ -76,19 +77,48 @@ static uint32_t load_le(const uint8_t *p, unsigned bytes)
 	return v;
 }
 
-/* Coordinate i of a plane lives in word i % words, field i / words. */
+/* The words of a 3-bit plane of a token, as W = n / 8 nibble words:
+ * coordinate i in nibble i / W of word i % W (tq3-words.h). */
+static void pack_tq3(const struct tqkv_plane *pl, const uint8_t *index, uint32_t *words)
+{
+	uint32_t nib[TQKV_HEAD_DIM_MAX / 8] = { 0 };
+	unsigned W = pl->n_coords / 8;
+
+	for (unsigned i = 0; i < pl->n_coords; i++)
+		nib[i % W] |= (uint32_t)(index[pl->first_coord + i] & 7) << (4 * (i / W));
+	tq3_words_from_nibbles(nib, W, words);
+}
+
+static void unpack_tq3(const struct tqkv_plane *pl, const uint32_t *words, uint8_t *index)
+{
+	uint32_t nib[TQKV_HEAD_DIM_MAX / 8];
+	unsigned W = pl->n_coords / 8;
+
+	tq3_nibbles_from_words(words, W, nib);
+	for (unsigned i = 0; i < pl->n_coords; i++)
+		index[pl->first_coord + i] |= (uint8_t)((nib[i % W] >> (4 * (i / W))) & 7);
+}
+
+/* Coordinate i of a plane lives in word i % words, field i / words; a
+ * 3-bit plane's words are nibble words in the layout of tq3-words.h. */
 void codec_pack_token(const struct tqkv_layout *l, const uint8_t *index, unsigned t, uint8_t *bits)
 {
 	for (unsigned p = 0; p < l->n_planes; p++) {
 		const struct tqkv_plane *pl = &l->planes[p];
 		unsigned wb = pl->word_bits / 8, mask = (1u << pl->bits) - 1;
+		uint32_t tq3[3 * TQKV_HEAD_DIM_MAX / 32];
 
+		if (pl->bits == 3)
+			pack_tq3(pl, index, tq3);
 		for (unsigned w = 0; w < pl->words; w++) {
 			uint32_t word = 0;
 
-			for (unsigned i = w, f = 0; i < pl->n_coords; i += pl->words, f++)
-				word |= (uint32_t)((index[pl->first_coord + i] >> pl->shift) & mask)
-					<< (f * pl->bits);
+			if (pl->bits == 3)
+				word = tq3[w];
+			else
+				for (unsigned i = w, f = 0; i < pl->n_coords; i += pl->words, f++)
+					word |= (uint32_t)((index[pl->first_coord + i] >> pl->shift) & mask)
+						<< (f * pl->bits);
 			store_le(bits + pl->offset + (w * TQKV_TILE_TOKENS + t) * wb, word, wb);
 		}
 	}
@@ -100,14 +130,21 @@ void codec_unpack_token(const struct tqkv_layout *l, const uint8_t *bits, unsign
 	for (unsigned p = 0; p < l->n_planes; p++) {
 		const struct tqkv_plane *pl = &l->planes[p];
 		unsigned wb = pl->word_bits / 8, mask = (1u << pl->bits) - 1;
+		uint32_t tq3[3 * TQKV_HEAD_DIM_MAX / 32];
 
 		for (unsigned w = 0; w < pl->words; w++) {
 			uint32_t word = load_le(bits + pl->offset + (w * TQKV_TILE_TOKENS + t) * wb, wb);
 
+			if (pl->bits == 3) {
+				tq3[w] = word;
+				continue;
+			}
 			for (unsigned i = w, f = 0; i < pl->n_coords; i += pl->words, f++)
 				index[pl->first_coord + i] |=
 					(uint8_t)(((word >> (f * pl->bits)) & mask) << pl->shift);
 		}
+		if (pl->bits == 3)
+			unpack_tq3(pl, tq3, index);
 	}
 }
 

@@ -45,13 +45,17 @@ static void layout_add_plane(struct tqkv_layout *l, unsigned first, unsigned n, 
 	l->tile_bytes += TQKV_TILE_TOKENS * token_bits / 8;
 }
 
-/* Index planes of b-bit indices: 4 -> {4}; 3 -> {2 low bits, 1 high bit};
- * 2 -> {2}; 1 -> {1}.  Power-of-two fields keep every word self-aligned. */
+/* Index planes of b-bit indices: 4 -> {4}; 3 -> {3} (read as nibbles,
+ * tq3-words.h) for whole groups of 32 coordinates, else {2 low bits, 1
+ * high bit}; 2 -> {2}; 1 -> {1}.  Power-of-two fields keep every word
+ * self-aligned. */
 static void layout_add_index(struct tqkv_layout *l, unsigned first, unsigned n, unsigned b)
 {
 	if (n == 0)
 		return;
-	if (b == 3) {
+	if (b == 3 && n % 32 == 0) {
+		layout_add_plane(l, first, n, 3, 0, TQKV_PLANE_INDEX);
+	} else if (b == 3) {
 		layout_add_plane(l, first, n, 2, 0, TQKV_PLANE_INDEX);
 		layout_add_plane(l, first, n, 1, 2, TQKV_PLANE_INDEX);
 	} else {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "test-util.h"
+#include "tq3-words.h"
 
 static const unsigned head_dims[] = { 32, 64, 96, 128, 192, 256, 512, 80, 7 };
 #define N_HEAD_DIMS (sizeof(head_dims) / sizeof(head_dims[0]))
@@ -130,6 +131,57 @@ Test(codec, pack_unpack_round_trip)
 				}
 				tqkv_codec_free(c);
 			}
+}
+
+/* The 3-bit plane: words made from nibble words give them back, and read
+ * the way the attention kernels read them (stored words for types 0-2,
+ * (A & 8) | (B & 4) | (C & 3) per nibble for type 3, nibbles through
+ * tq3_nibble_index) every index is where PAGE-FORMAT.md says. */
+Test(codec, tq3_words_as_nibble_words)
+{
+	uint64_t state = test_seed();
+
+	for (unsigned W = 4; W <= TQKV_HEAD_DIM_MAX / 8; W *= 2) {
+		uint32_t nib[TQKV_HEAD_DIM_MAX / 8], back[TQKV_HEAD_DIM_MAX / 8], words[3 * TQKV_HEAD_DIM_MAX / 32];
+
+		for (unsigned w = 0; w < W; w++)
+			nib[w] = (uint32_t)splitmix64_next(&state) & 0x77777777u;
+		tq3_words_from_nibbles(nib, W, words);
+		tq3_nibbles_from_words(words, W, back);
+		cr_assert_arr_eq(back, nib, W * sizeof(nib[0]), "W=%u", W);
+		for (unsigned w = 0; w < W; w++) {
+			const uint32_t *group = words + w / 4 * 3;
+			unsigned type = w % 4;
+			uint32_t view = type < 3 ? group[type]
+						 : (group[0] & 0x88888888u) | (group[1] & 0x44444444u) |
+							   (group[2] & 0x33333333u);
+
+			for (unsigned k = 0; k < 8; k++)
+				cr_assert_eq(tq3_nibble_index(type, view >> (4 * k) & 15), nib[w] >> (4 * k) & 7,
+					     "W=%u w=%u k=%u", W, w, k);
+		}
+	}
+}
+
+/* 3-bit indices take one plane where whole groups of 32 coordinates
+ * allow, else a 2-bit and a 1-bit plane. */
+Test(codec, tq3_plane_choice)
+{
+	struct tqkv_codec *c = test_codec(TQKV_KIND_TQ3, 128, 0, 1);
+	const struct tqkv_layout *l = tqkv_codec_layout(c);
+
+	cr_assert_eq(l->n_planes, 1);
+	cr_assert_eq(l->planes[0].bits, 3);
+	cr_assert_eq(l->planes[0].words, 12);
+	cr_assert_eq(l->tile_bytes, 768);
+	tqkv_codec_free(c);
+	c = test_codec(TQKV_KIND_TQ2_5, 32, 0, 1);  /* 16 coordinates at 3 bits */
+	l = tqkv_codec_layout(c);
+	cr_assert_eq(l->n_planes, 3);
+	cr_assert_eq(l->planes[0].bits, 2);
+	cr_assert_eq(l->planes[1].bits, 1);
+	cr_assert_eq(l->planes[1].shift, 2);
+	tqkv_codec_free(c);
 }
 
 /* Every kind and head_dim decodes what it encoded, within its precision;

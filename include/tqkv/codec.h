@@ -73,7 +73,7 @@ struct tqkv_codec;
 struct tqkv_plane {
 	uint16_t first_coord;  /* first rotated coordinate this plane covers */
 	uint16_t n_coords;     /* how many coordinates it covers */
-	uint8_t bits;          /* bits per coordinate in this plane: 1, 2, 4 or 8 */
+	uint8_t bits;          /* bits per coordinate in this plane: 1, 2, 3, 4 or 8 */
 	uint8_t shift;         /* which bits of the index: index bits [shift, shift+bits) */
 	uint8_t role;          /* enum tqkv_plane_role */
 	uint8_t word_bits;     /* 32, or 16 when the plane holds fewer than 32 bits per token */

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define TQKV_PAGE_MAGIC 0x504b5154u /* "TQKP" little-endian */
-#define TQKV_PAGE_VERSION 1u
+#define TQKV_PAGE_VERSION 2u
 #define TQKV_PAGE_ALIGN 64u
 
 enum tqkv_page_flag {
