@@ -18,29 +18,8 @@
 #include <tqkv/page.h>
 
 #include "attention-private.h"
+#include "exp-avx512.h"
 #include "tq3-words.h"
-
-/* e^x for x <= ATTN_MAX_SLACK (scores minus the running max), relative
- * error ~1e-7. */
-static __m512 exp_ps(__m512 x)
-{
-	const __m512 log2e = _mm512_set1_ps(1.44269504f), ln2_hi = _mm512_set1_ps(0.693359375f),
-		     ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
-	__m512 n, r, p;
-
-	x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-	n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-	r = _mm512_fnmadd_ps(n, ln2_hi, x);
-	r = _mm512_fnmadd_ps(n, ln2_lo, r);
-	p = _mm512_set1_ps(1.9875691500e-4f);
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-	p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-	return _mm512_scalef_ps(p, n);
-}
 
 /* The byte tables of the 4-bit score kernel, per query: for the scaled
  * rotated query qs, T[j][m] = qs_j * c_j[m] = step * (65536 h + 256 m + l)
@@ -222,7 +201,7 @@ static void chunk_softmax(const struct attn_tile *tile, struct attn_lane_state *
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
 			__m512 vn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tile->vnorms[t]));
 
-			p[t] = _mm512_maskz_mov_ps(tile->valid[t], exp_ps(_mm512_sub_ps(s[t], _mm512_set1_ps(m_new))));
+			p[t] = _mm512_maskz_mov_ps(tile->valid[t], exp_avx512(_mm512_sub_ps(s[t], _mm512_set1_ps(m_new))));
 			total = _mm512_add_ps(total, p[t]);
 			p[t] = _mm512_mul_ps(p[t], vn);
 		}

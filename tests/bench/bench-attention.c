@@ -21,6 +21,9 @@
 
 #include <tqkv/attention.h>
 
+#define EXP_AVX512_TARGET __attribute__((target("avx512f,fma")))
+#include "exp-avx512.h"
+
 #include "bench.h"
 #include "bench-daemon.h"
 
@@ -117,11 +120,19 @@ __attribute__((target("avx512f"))) static __m512 sum16(const __m512 *d)
 	return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
 }
 
+/* Lanes of tokens [t, t + 16) that are below n. */
+static __mmask16 tail_mask(unsigned n, unsigned t)
+{
+	return n >= t + 16 ? 0xffff : n > t ? (__mmask16)((1u << (n - t)) - 1) : 0;
+}
+
 /* One KV head, g query heads (g <= 8), tokens [0, n): every K and V row is
  * read from memory once for the whole group, as a good FP16 decode kernel
  * does.  Chunks of 64 tokens: the scores of 16 tokens at a time (one FMA
  * chain per token and head, then one add tree), one rescale per head and
- * chunk, then the values with the group's accumulators in registers. */
+ * chunk, the softmax 16 tokens at a time with libtqkv's own vector exp
+ * (scalar expf cost this baseline 15-20% at g = 4), then the values with
+ * the group's accumulators in registers. */
 __attribute__((target("avx512f,f16c,fma"))) static void fp16_head(const struct fp16_cache *c, unsigned h,
 								   const float *q, unsigned g, float scale, float *out)
 {
@@ -168,18 +179,24 @@ __attribute__((target("avx512f,f16c,fma"))) static void fp16_head(const struct f
 				_mm512_store_ps(&s[k][t16], sum16(dots[k]));
 		}
 		for (unsigned k = 0; k < g; k++) {
-			float cm = m[k], f, sum = 0;
+			float cm, f, sum;
+			__m512 mx = _mm512_set1_ps(m[k]), total = _mm512_setzero_ps();
 
-			for (unsigned t = 0; t < n; t++)
-				cm = s[k][t] > cm ? s[k][t] : cm;
+			for (unsigned t = 0; t < CHUNK; t += 16)
+				mx = _mm512_max_ps(mx, _mm512_mask_load_ps(mx, tail_mask(n, t), &s[k][t]));
+			cm = _mm512_reduce_max_ps(mx);
 			f = expf(m[k] - cm);
 			for (unsigned r = 0; r < DIM / 16; r++)
 				acc[k][r] = _mm512_mul_ps(acc[k][r], _mm512_set1_ps(f));
 			m[k] = cm;
-			for (unsigned t = 0; t < n; t++) {
-				s[k][t] = expf(s[k][t] - cm);
-				sum += s[k][t];
+			for (unsigned t = 0; t < CHUNK; t += 16) {
+				__m512 p = _mm512_maskz_mov_ps(tail_mask(n, t),
+							       exp_avx512(_mm512_sub_ps(_mm512_load_ps(&s[k][t]), _mm512_set1_ps(cm))));
+
+				_mm512_store_ps(&s[k][t], p);
+				total = _mm512_add_ps(total, p);
 			}
+			sum = _mm512_reduce_add_ps(total);
 			l[k] = l[k] * f + sum;
 		}
 		for (unsigned r0 = 0; r0 < DIM / 16; r0 += rb)
