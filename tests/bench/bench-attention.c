@@ -294,6 +294,59 @@ static void fp16_attend(const struct fp16_cache *c, const float *q, unsigned g, 
 
 /* ---- the benchmark ------------------------------------------------------ */
 
+/* Every timed output is checked against a float64 attention over the
+ * FP16 K/V (relative L2 error): the baseline must match it (a fast
+ * baseline that computes something else would flatter nobody), and tqkv
+ * must be within its codec's error (~0.1 for tq4 and ~0.2 for tq3 on this
+ * data: uniform rows, so the average of many values keeps their
+ * per-vector error), far from an output that is wrong. */
+#define BASELINE_ERR_MAX 1e-4
+#define TQKV_ERR_MAX 0.5
+
+/* The float64 reference: out[k] for query head k of KV head k / g. */
+static void fp16_reference(const struct fp16_cache *c, const float *q, unsigned g, float scale, float *out)
+{
+	double *sc = malloc(sizeof(double) * c->n), acc[DIM];
+
+	if (!sc)
+		abort();
+	for (unsigned qh = 0; qh < HEADS * g; qh++) {
+		const uint16_t *K = c->k + (size_t)(qh / g) * c->n * DIM, *V = c->v + (size_t)(qh / g) * c->n * DIM;
+		double m = -INFINITY, l = 0;
+
+		for (uint64_t t = 0; t < c->n; t++) {
+			double d = 0;
+
+			for (unsigned i = 0; i < DIM; i++)
+				d += (double)q[qh * DIM + i] * tqkv_f16_to_f32(K[t * DIM + i]);
+			sc[t] = d * scale;
+			m = sc[t] > m ? sc[t] : m;
+		}
+		memset(acc, 0, sizeof(acc));
+		for (uint64_t t = 0; t < c->n; t++) {
+			double w = exp(sc[t] - m);
+
+			l += w;
+			for (unsigned i = 0; i < DIM; i++)
+				acc[i] += w * tqkv_f16_to_f32(V[t * DIM + i]);
+		}
+		for (unsigned i = 0; i < DIM; i++)
+			out[qh * DIM + i] = (float)(acc[i] / l);
+	}
+	free(sc);
+}
+
+static double rel_err(const float *ref, const float *x, size_t n)
+{
+	double e = 0, norm = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		e += ((double)x[i] - ref[i]) * ((double)x[i] - ref[i]);
+		norm += (double)ref[i] * ref[i];
+	}
+	return sqrt(e / norm);
+}
+
 /* One timed call: the FP16 baseline or tqkv_attend(). */
 struct call {
 	const struct fp16_cache *fc;
@@ -387,6 +440,49 @@ static int fill(struct tqkv_seq *s, struct fp16_cache *fc, uint64_t n)
 	return r < 0 ? r : tqkv_seq_wait(s, n);
 }
 
+/* One row of the table: g query heads per KV head on `threads` threads,
+ * tqkv against the FP16 baseline, both checked against the float64
+ * reference.  bufs: room for 4 * HEADS * 4 * DIM floats. */
+static int measure_row(const struct bench_options *o, const struct fp16_cache *fc, const struct tqkv_layer_view *v,
+		       enum tqkv_kind kind, enum tqkv_attn_kernel kernel, unsigned g, unsigned threads,
+		       double page_bytes, double bw, float *bufs)
+{
+	const size_t len = (size_t)HEADS * g * DIM;
+	float *q = bufs, *out = q + len, *out16 = out + len, *ref = out16 + len;
+	struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM), .position = fc->n - 1,
+			       .threads = threads, .kernel = kernel };
+	struct call base = { .fc = fc, .q = q, .out = out16, .g = g, .threads = threads };
+	struct call ours = { .v = v, .a = &a, .q = q, .out = out };
+	double t_fp16, t_tqkv, floor, err, base_err, n = (double)fc->n;
+
+	for (size_t i = 0; i < len; i++)
+		q[i] = (float)((i * 7919) % 200) / 100.0f - 1.0f;
+	time_pair(o->quick ? 0.3 : 0.8, &base, &ours, &t_fp16, &t_tqkv);
+	if (ours.result < 0)
+		return ours.result;
+	fp16_reference(fc, q, g, a.scale, ref);
+	base_err = rel_err(ref, out16, len);
+	err = rel_err(ref, out, len);
+	if (!(base_err <= BASELINE_ERR_MAX) || !(err <= TQKV_ERR_MAX)) {
+		fprintf(stderr, "tqkv-bench: output off the float64 reference: FP16 baseline %.3g (at most %g), "
+			"tqkv %.3g (at most %g)\n", base_err, BASELINE_ERR_MAX, err, TQKV_ERR_MAX);
+		return -EPROTO;
+	}
+	floor = page_bytes * n / bw;
+	if (o->json)
+		printf("{\"bench\":\"attention\",\"context\":%llu,\"g\":%u,\"threads\":%u,\"kind\":\"%s\","
+		       "\"fp16_ns_per_token\":%.3f,\"tqkv_ns_per_token\":%.3f,\"speedup\":%.3f,\"bw_fraction\":%.3f,"
+		       "\"rel_err\":%.4f}\n",
+		       (unsigned long long)fc->n, g, threads, tqkv_kind_to_string(kind), t_fp16 * 1e9 / n,
+		       t_tqkv * 1e9 / n, t_fp16 / t_tqkv, floor / t_tqkv, err);
+	else
+		printf("%-8llu %-4s %-3u %-7u %14.2f %14.2f %8.2fx %9.2f %9.3f\n", (unsigned long long)fc->n,
+		       tqkv_kind_to_string(kind), g, threads, t_fp16 * 1e9 / n, t_tqkv * 1e9 / n, t_fp16 / t_tqkv,
+		       floor / t_tqkv, err);
+	fflush(stdout);
+	return 0;
+}
+
 /* The kernel an --isa name asks for, or TQKV_ATTN_KERNEL_AUTO. */
 static enum tqkv_attn_kernel kernel_named(const char *name)
 {
@@ -413,6 +509,7 @@ int bench_attention(const struct bench_options *o)
 	size_t n_contexts = o->context || o->quick ? 1 : 4, n_kinds = o->quick ? 1 : 2;
 	enum tqkv_attn_kernel kernel = TQKV_ATTN_KERNEL_AUTO;
 	double bw[3];
+	float *bufs;
 	struct bench_daemon d;
 	int r;
 
@@ -426,12 +523,17 @@ int bench_attention(const struct bench_options *o)
 	bw[2] = measure_bandwidth(2);
 	if (!o->json)
 		printf("# memory bandwidth: %.1f GB/s (1 thread), %.1f GB/s (2 threads)\n"
-		       "%-8s %-4s %-3s %-7s %14s %14s %9s %9s\n",
+		       "%-8s %-4s %-3s %-7s %14s %14s %9s %9s %9s\n",
 		       bw[1] / 1e9, bw[2] / 1e9, "context", "kind", "g", "threads", "fp16 ns/tok", "tqkv ns/tok",
-		       "speedup", "bw frac");
+		       "speedup", "bw frac", "rel err");
+	bufs = malloc(sizeof(float) * 4 * HEADS * 4 * DIM);
+	if (!bufs)
+		return -ENOMEM;
 	r = bench_daemon_up(&d, "2", "4G");
-	if (r < 0)
+	if (r < 0) {
+		free(bufs);
 		return r;
+	}
 	for (size_t ki = 0; ki < n_kinds && r >= 0; ki++)
 		for (size_t ci = 0; ci < n_contexts && r >= 0; ci++) {
 			uint64_t n = contexts[ci];
@@ -462,37 +564,9 @@ int bench_attention(const struct bench_options *o)
 				goto next;
 			/* Bytes tqkv reads per token: both pages of every head. */
 			page_bytes = (double)HEADS * 2 * tqkv_page_size(v.codecs[0], 64) / 64.0;
-			for (unsigned g = 1; g <= 4; g *= 4)
-				for (unsigned threads = 1; threads <= 2; threads++) {
-					float *q = malloc(sizeof(float) * HEADS * g * DIM);
-					float *out = malloc(sizeof(float) * HEADS * g * DIM);
-					struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM),
-							       .position = n - 1, .threads = threads, .kernel = kernel };
-					double t_fp16, t_tqkv, floor;
-					struct call base = { .fc = &fc, .q = q, .out = out, .g = g, .threads = threads };
-					struct call ours = { .v = &v, .a = &a, .q = q, .out = out };
-
-					for (unsigned i = 0; i < HEADS * g * DIM; i++)
-						q[i] = (float)((i * 7919) % 200) / 100.0f - 1.0f;
-					time_pair(o->quick ? 0.3 : 0.8, &base, &ours, &t_fp16, &t_tqkv);
-					r = ours.result;
-					floor = page_bytes * (double)n / bw[threads];
-					if (o->json)
-						printf("{\"bench\":\"attention\",\"context\":%llu,\"g\":%u,\"threads\":%u,"
-						       "\"kind\":\"%s\",\"fp16_ns_per_token\":%.3f,\"tqkv_ns_per_token\":%.3f,"
-						       "\"speedup\":%.3f,\"bw_fraction\":%.3f}\n",
-						       (unsigned long long)n, g, threads, tqkv_kind_to_string(kinds[ki]),
-						       t_fp16 * 1e9 / (double)n, t_tqkv * 1e9 / (double)n, t_fp16 / t_tqkv,
-						       floor / t_tqkv);
-					else
-						printf("%-8llu %-4s %-3u %-7u %14.2f %14.2f %8.2fx %9.2f\n",
-						       (unsigned long long)n, tqkv_kind_to_string(kinds[ki]), g, threads,
-						       t_fp16 * 1e9 / (double)n, t_tqkv * 1e9 / (double)n, t_fp16 / t_tqkv,
-						       floor / t_tqkv);
-					fflush(stdout);
-					free(q);
-					free(out);
-				}
+			for (unsigned g = 1; g <= 4 && r >= 0; g *= 4)
+				for (unsigned threads = 1; threads <= 2 && r >= 0; threads++)
+					r = measure_row(o, &fc, &v, kinds[ki], kernel, g, threads, page_bytes, bw[threads], bufs);
 next:
 			tqkv_seq_close(s);
 			tqkv_client_free(c);
@@ -500,5 +574,6 @@ next:
 			free(fc.v);
 		}
 	bench_daemon_down(&d);
+	free(bufs);
 	return r;
 }
