@@ -14,6 +14,7 @@
 
 #include "daemon-harness.h"
 #include "rotation.h"
+#include "test-util.h"
 
 #define KV_HEADS 2
 #define N_LAYERS 10
@@ -207,7 +208,7 @@ Test(attention, matches_float64_reference, .timeout = 240)
 	static const uint64_t lengths[] = { 1, 15, 64, 100, 1000 };
 	struct test_daemon d;
 	struct tqkv_client *c;
-	uint64_t seed = 0xa11;
+	uint64_t seed = test_seed();
 
 	daemon_start(&d, NULL);
 	c = connect_model(&d);
@@ -230,6 +231,7 @@ Test(attention, matches_float64_reference, .timeout = 240)
 
 Test(attention, long_context_40000_tokens, .timeout = 300)
 {
+	uint64_t seed = test_seed();
 	struct test_daemon d;
 	struct tqkv_client *c;
 	struct tqkv_seq *s;
@@ -237,9 +239,9 @@ Test(attention, long_context_40000_tokens, .timeout = 300)
 	daemon_start(&d, NULL);
 	c = connect_model(&d);
 	cr_assert_eq(tqkv_seq_open(c, &s), 0);
-	append(s, 0x40000, 0, 40000, true);
-	check_all_layers(s, 0x40000, 39999, 4, 0, 2);
-	check_all_layers(s, 0x40000, 39999, 1, 4096, 1);
+	append(s, seed, 0, 40000, true);
+	check_all_layers(s, seed, 39999, 4, 0, 2);
+	check_all_layers(s, seed, 39999, 1, 4096, 1);
 	tqkv_seq_close(s);
 	tqkv_client_free(c);
 	daemon_stop(&d);
@@ -251,6 +253,7 @@ Test(attention, long_context_40000_tokens, .timeout = 300)
 Test(attention, rising_scores, .timeout = 120)
 {
 	static const float rises[] = { 0.5f, 3.0f, 20.0f };
+	uint64_t base = test_seed();
 	struct test_daemon d;
 	struct tqkv_client *c;
 
@@ -258,7 +261,7 @@ Test(attention, rising_scores, .timeout = 120)
 	c = connect_model(&d);
 	for (size_t i = 0; i < sizeof(rises) / sizeof(rises[0]); i++) {
 		struct tqkv_seq *s;
-		uint64_t seed = 0x415e + i, n = 1000;
+		uint64_t seed = base + i, n = 1000;
 
 		cr_assert_eq(tqkv_seq_open(c, &s), 0);
 		append_keys(s, seed, 0, n, true, rises[i]);
@@ -308,6 +311,7 @@ Test(attention, batch_equals_single_calls, .timeout = 60)
  * behind it: each call sees a consistent snapshot (blocks + tail). */
 Test(attention, concurrent_with_publishing, .timeout = 120)
 {
+	uint64_t seed = test_seed();
 	struct test_daemon d;
 	struct tqkv_client *c;
 	struct tqkv_seq *s;
@@ -316,8 +320,8 @@ Test(attention, concurrent_with_publishing, .timeout = 120)
 	c = connect_model(&d);
 	cr_assert_eq(tqkv_seq_open(c, &s), 0);
 	for (uint64_t t = 0; t < 640; t += 32) {
-		append(s, 3, t, t + 32, false);  /* no wait: blocks publish while we attend */
-		check_all_layers(s, 3, t + 31, 2, 0, 2);
+		append(s, seed, t, t + 32, false);  /* no wait: blocks publish while we attend */
+		check_all_layers(s, seed, t + 31, 2, 0, 2);
 	}
 	tqkv_seq_close(s);
 	tqkv_client_free(c);
