@@ -62,6 +62,44 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent, unsigned d, uin
 	return step;
 }
 
+/* The 8-bit tables of TQKV_ATTN_INT8_SCORES: T[j][m] = qs_j * c_j[m] ~
+ * step * s_j * (t - 128), t an unsigned byte and s_j in 1..127 about
+ * 127 |qs_j| / max |qs|, so that each coordinate's table spans 8 bits of
+ * its own range (a single scale for all would round small coordinates
+ * to nothing).  vpdpbusd multiplies the looked-up bytes by their s_j.
+ * Byte positions as in attn_tq4_tables_avx512.  *bias = 128 * sum s_j. */
+float attn_tq4_tables8_avx512(const float *qs, const float *cent, unsigned d, uint8_t *btab, int32_t *bias)
+{
+	const unsigned W = d / 8;
+	float qmax = 0, cmax, step;
+	int32_t sum = 0;
+
+	for (unsigned j = 0; j < d; j++)
+		qmax = fabsf(qs[j]) > qmax ? fabsf(qs[j]) : qmax;
+	cmax = _mm512_reduce_max_ps(_mm512_abs_ps(_mm512_loadu_ps(cent)));
+	/* |T| / (step s_j) stays below 127 by a margin for float rounding. */
+	step = qmax * cmax / (126.9f * 127.0f);
+	if (!(step > 0) || !isfinite(step))
+		step = 1.0f;
+	for (unsigned w = 0; w < W; w++)
+		for (unsigned half = 0; half < 2; half++) {
+			uint8_t *tab = btab + (size_t)w * ATTN_TQ4_WORD_TABLE;
+
+			for (unsigned b = 0; b < 4; b++) {
+				unsigned j = w + (2 * b + half) * W;
+				float s = fminf(fmaxf(ceilf(fabsf(qs[j]) / qmax * 127.0f), 1.0f), 127.0f);
+				__m512 row = _mm512_mul_ps(_mm512_set1_ps(qs[j] / (step * s)), _mm512_loadu_ps(cent + 16 * (w % 4)));
+				__m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(row), _mm512_set1_epi32(128));
+
+				_mm_storeu_si128((__m128i *)(tab + half * 64 + b * 16), _mm512_cvtusepi32_epi8(v));
+				tab[128 + half * 4 + b] = (uint8_t)s;
+				sum += (int32_t)s;
+			}
+		}
+	*bias = 128 * sum;
+	return step;
+}
+
 /* Nibble word w of a 3-bit plane (tq3-words.h): a stored word for types
  * 0-2, and (A & 8) | (B & 4) | (C & 3) per nibble for type 3. */
 static inline __attribute__((always_inline)) __m512i tq3_nibble_word(const uint8_t *plane, unsigned w)
@@ -132,12 +170,14 @@ static inline __attribute__((always_inline)) void chunk_key_indices(const struct
  * byte position << 4) into that word's 64-entry tables; vpdpbusd adds the
  * four looked-up bytes of a token into its int32 lane: h bytes as signed
  * against ones, m and l bytes as unsigned against ones.  Integer sums are
- * exact, so the only rounding is the table's (relative 2^-23).  fused (one
- * query head): the indices are made here from the page words, not read
- * from idx; storing and reloading them cost 10% more (stores of a zmm take
- * two cycles on Zen 4). */
+ * exact, so the only rounding is the table's (relative 2^-23).  int8
+ * (TQKV_ATTN_INT8_SCORES): one 8-bit table, each byte times its
+ * coordinate's multiplier (attn_tq4_tables8_avx512).  fused (one query
+ * head): the indices are made here from the page words, not read from idx;
+ * storing and reloading them cost 10% more (stores of a zmm take two cycles
+ * on Zen 4). */
 static inline __attribute__((always_inline)) void chunk_scores(const struct attn_tile *tile, unsigned B, unsigned D,
-								unsigned W, __m512i (*idx)[2], bool fused,
+								unsigned W, __m512i (*idx)[2], bool fused, bool int8,
 								const struct attn_lane_state *st, __m512 *s)
 {
 	const __m512i ones = _mm512_set1_epi8(1);
@@ -152,12 +192,25 @@ static inline __attribute__((always_inline)) void chunk_scores(const struct attn
 		for (unsigned t = 0; t < ATTN_CHUNK_TILES && fused; t++)
 			key_indices(tile, B, D, t, w, own[t]);
 		for (unsigned half = 0; half < 2; half++) {
-			const __m512i th = _mm512_load_si512(tab + half * 192), tm = _mm512_load_si512(tab + half * 192 + 64),
-				      tl = _mm512_load_si512(tab + half * 192 + 128);
+			const __m512i th = _mm512_load_si512(tab + half * (int8 ? 64 : 192));
+			__m512i tm = th, tl = th, mul = ones;
 
+			if (int8) {
+				int32_t s_j;
+
+				memcpy(&s_j, tab + 128 + half * 4, 4);
+				mul = _mm512_set1_epi32(s_j);
+			} else {
+				tm = _mm512_load_si512(tab + half * 192 + 64);
+				tl = _mm512_load_si512(tab + half * 192 + 128);
+			}
 			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
 				const __m512i i = fused ? own[t][half] : idx[t * W + w][half];
 
+				if (int8) {
+					h[t] = _mm512_dpbusd_epi32(h[t], _mm512_permutexvar_epi8(i, th), mul);
+					continue;
+				}
 				h[t] = _mm512_dpbusd_epi32(h[t], ones, _mm512_permutexvar_epi8(i, th));
 				m[t] = _mm512_dpbusd_epi32(m[t], _mm512_permutexvar_epi8(i, tm), ones);
 				l[t] = _mm512_dpbusd_epi32(l[t], _mm512_permutexvar_epi8(i, tl), ones);
@@ -165,8 +218,14 @@ static inline __attribute__((always_inline)) void chunk_scores(const struct attn
 		}
 	}
 	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
-		__m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(h[t]), _mm512_set1_ps(st->bstep * 65536.0f));
+		__m512 x;
 
+		if (int8) {
+			s[t] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(h[t], _mm512_set1_epi32(st->bbias))),
+					     _mm512_set1_ps(st->bstep));
+			continue;
+		}
+		x = _mm512_mul_ps(_mm512_cvtepi32_ps(h[t]), _mm512_set1_ps(st->bstep * 65536.0f));
 		x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(m[t]), _mm512_set1_ps(st->bstep * 256.0f), x);
 		s[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_set1_ps(st->bstep), x);
 	}
@@ -253,7 +312,7 @@ static inline __attribute__((always_inline)) void values_word(const struct attn_
  * the common layouts, so that the loops unroll. */
 static inline __attribute__((always_inline)) void tile_tq4(const struct attn_tile *tile,
 							    struct attn_lane_state *st, unsigned g, unsigned KB,
-							    unsigned VB, unsigned D_const)
+							    unsigned VB, unsigned D_const, bool int8)
 {
 	const unsigned D = D_const ? D_const : tile->d, W = D / 8;
 	const bool typed = (VB ? VB : tile->vlayout->bits_hi) == 3;  /* centroids per word type */
@@ -265,7 +324,7 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 	for (unsigned k = 0; k < g; k++) {
 		__m512 s[ATTN_CHUNK_TILES];
 
-		chunk_scores(tile, KB, D_const, W, kidx, g == 1, &st[k], s);
+		chunk_scores(tile, KB, D_const, W, kidx, g == 1, int8, &st[k], s);
 		chunk_softmax(tile, &st[k], s, p[k]);
 	}
 	/* Values: per coordinate, each tile's centroids, weighted.  3-bit
@@ -331,22 +390,31 @@ static void unpack_tile(const struct tqkv_layout *l, const uint8_t *bits, __m512
 }
 
 /* The kernel with g, the index bits and the dimension (0: the layout's)
- * constant for 1, 2 and 4 query heads per KV head. */
-#define TILE_CASE(KB, VB, D)                          \
-	do {                                          \
-		if (g == 1)                           \
-			tile_tq4(tile, st, 1, KB, VB, D); \
-		else if (g == 2)                      \
-			tile_tq4(tile, st, 2, KB, VB, D); \
-		else if (g == 4)                      \
-			tile_tq4(tile, st, 4, KB, VB, D); \
-		else                                  \
-			tile_tq4(tile, st, g, KB, VB, D); \
+ * constant for 1, 2 and 4 query heads per KV head, exact or with 8-bit
+ * score tables (I8). */
+#define TILE_CASE_G(KB, VB, D, I8)                          \
+	do {                                                \
+		if (g == 1)                                 \
+			tile_tq4(tile, st, 1, KB, VB, D, I8); \
+		else if (g == 2)                            \
+			tile_tq4(tile, st, 2, KB, VB, D, I8); \
+		else if (g == 4)                            \
+			tile_tq4(tile, st, 4, KB, VB, D, I8); \
+		else                                        \
+			tile_tq4(tile, st, g, KB, VB, D, I8); \
+	} while (0)
+#define TILE_CASE(KB, VB, D)                         \
+	do {                                         \
+		if (st[0].int8)                      \
+			TILE_CASE_G(KB, VB, D, true);  \
+		else                                 \
+			TILE_CASE_G(KB, VB, D, false); \
 	} while (0)
 
 /* Specialised for the common layouts.  Constant bits help every case;
- * unrolling the loops of head_dim 128 helps 3-bit pages, whose plane
- * conversion then folds, but slows 4-bit ones (measured, docs/PERFORMANCE.md). */
+ * unrolling the loops of head_dim 128 helps 3-bit pages, whose word types
+ * then become constants, but slows 4-bit ones (measured,
+ * docs/PERFORMANCE.md). */
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g)
 {
 	const struct tqkv_layout *kl = tile->klayout, *vl = tile->vlayout;

@@ -4,6 +4,7 @@
 #ifndef TQKV_CLIENT_ATTENTION_PRIVATE_H
 #define TQKV_CLIENT_ATTENTION_PRIVATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +61,8 @@ struct attn_lane_state {
 	const float *table;   /* [d][16]: scale * q'_j * c_j[m] */
 	const uint8_t *btab;  /* the 4-bit kernel's byte tables (64-byte aligned) */
 	float bstep;          /* their unit */
+	int32_t bbias;        /* 8-bit tables: their offset, times the multipliers */
+	bool int8;            /* 8-bit tables (TQKV_ATTN_INT8_SCORES) */
 	float q_mean;
 	double *m, *l;        /* running max and sum */
 	float *lanes;         /* [d][16] per-lane value sums, 64-byte aligned */
@@ -80,6 +83,11 @@ void attn_move_max(struct attn_lane_state *st, float m_new);
  * floats) and the key centroids per nibble word type (16 floats per type;
  * word w's at cent + 16 (w % 4)); returns the tables' unit. */
 float attn_tq4_tables_avx512(const float *qs, const float *cent, unsigned d, uint8_t *btab);
+/* The same as 8-bit tables, each coordinate's own range (the
+ * approximate TQKV_ATTN_INT8_SCORES): per word, the low and the high
+ * nibbles' tables (64 bytes each), then their multipliers (a dword each);
+ * *bias is subtracted from the sums. */
+float attn_tq4_tables8_avx512(const float *qs, const float *cent, unsigned d, uint8_t *btab, int32_t *bias);
 void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);
 /* The same for any TurboQuant kinds of K and V: unpacks each tile's planes
  * to one index per lane first. */

@@ -50,6 +50,8 @@ struct head_state {
 	float *lanes;          /* [d_rot][16] for the SIMD tile kernels */
 	uint8_t *btab;         /* byte score tables of the 4-bit kernel */
 	float bstep;
+	int32_t bbias;         /* 8-bit tables only: their offset */
+	bool int8;             /* 8-bit tables (TQKV_ATTN_INT8_SCORES) */
 };
 
 /* Multiplies the portable accumulators of a head by f. */
@@ -369,7 +371,10 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 				float cent[64];
 
 				nibble_centroids(kc, cent);
-				st[k].bstep = attn_tq4_tables_avx512(st[k].qrot, cent, kc->d, st[k].btab);
+				st[k].int8 = a->flags & TQKV_ATTN_INT8_SCORES;
+				st[k].bstep = st[k].int8
+					? attn_tq4_tables8_avx512(st[k].qrot, cent, kc->d, st[k].btab, &st[k].bbias)
+					: attn_tq4_tables_avx512(st[k].qrot, cent, kc->d, st[k].btab);
 				continue;
 			}
 			for (unsigned j = 0; j < kc->d; j++) {
@@ -532,6 +537,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 
 				for (unsigned k = 0; k < n; k++)
 					ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].btab, st[k0 + k].bstep,
+									  st[k0 + k].bbias, st[k0 + k].int8,
 									  st[k0 + k].q_mean, &st[k0 + k].m, &st[k0 + k].l,
 									  st[k0 + k].lanes, &st[k0 + k] };
 				if (kernel == KERNEL_TQ4_AVX512)
@@ -740,7 +746,8 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 	int r = 0;
 
 	if (!v || !q || !a || !out || n == 0 || v->n_kv_heads == 0 || a->n_q_heads % v->n_kv_heads ||
-	    a->n_q_heads == 0 || n > v->n_tokens || a->position > v->n_tokens - n)
+	    a->n_q_heads == 0 || n > v->n_tokens || a->position > v->n_tokens - n ||
+	    (a->flags & ~(uint32_t)TQKV_ATTN_INT8_SCORES))
 		return -EINVAL;
 	isa = isa_for(a->kernel);
 	if (isa == CPU_ISA_MAX)

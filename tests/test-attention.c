@@ -247,6 +247,17 @@ Test(attention, long_context_40000_tokens, .timeout = 300)
 	daemon_stop(&d);
 }
 
+/* A sequence of n tokens whose scores climb by rise nats per 64 tokens
+ * (append_keys), published. */
+static struct tqkv_seq *rising_sequence(struct tqkv_client *c, uint64_t seed, uint64_t n, float rise)
+{
+	struct tqkv_seq *s;
+
+	cr_assert_eq(tqkv_seq_open(c, &s), 0);
+	append_keys(s, seed, 0, n, true, rise);
+	return s;
+}
+
 /* Scores that climb through the sequence, so that the running max moves
  * often: by less than ATTN_MAX_SLACK per chunk (weights above 1 in the
  * kernels, the max left where it was) and by more (rescales). */
@@ -260,15 +271,66 @@ Test(attention, rising_scores, .timeout = 120)
 	daemon_start(&d, NULL);
 	c = connect_model(&d);
 	for (size_t i = 0; i < sizeof(rises) / sizeof(rises[0]); i++) {
-		struct tqkv_seq *s;
 		uint64_t seed = base + i, n = 1000;
+		struct tqkv_seq *s = rising_sequence(c, seed, n, rises[i]);
 
-		cr_assert_eq(tqkv_seq_open(c, &s), 0);
-		append_keys(s, seed, 0, n, true, rises[i]);
 		check_all_layers(s, seed, n - 1, 1, 0, 1);
 		check_all_layers(s, seed, n - 1, 1, 0, 2);
 		cr_assert_eq(tqkv_seq_close(s), 0);
 	}
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* TQKV_ATTN_INT8_SCORES is approximate: its output stays within
+ * INT8_SCORES_ERR_MAX of the float64 reference (relative L2), on plain and
+ * on climbing scores, and an unknown flag is refused. */
+#define INT8_SCORES_ERR_MAX 6e-2
+
+Test(attention, int8_scores_within_their_bound, .timeout = 120)
+{
+	static const float rises[] = { 0.0f, 3.0f };
+	uint64_t base = test_seed();
+	struct test_daemon d;
+	struct tqkv_client *c;
+	double worst = 0;
+
+	daemon_start(&d, NULL);
+	c = connect_model(&d);
+	for (size_t i = 0; i < sizeof(rises) / sizeof(rises[0]); i++) {
+		uint64_t seed = base + i, n = 1000;
+		struct tqkv_seq *s = rising_sequence(c, seed, n, rises[i]);
+
+		for (uint32_t l = 0; l < N_LAYERS; l++)
+			for (unsigned g = 1; g <= 4; g *= 4) {
+				struct tqkv_layer_view v;
+				unsigned n_q = KV_HEADS * g, dim;
+				struct tqkv_attn a = { .n_q_heads = n_q, .position = n - 1, .flags = TQKV_ATTN_INT8_SCORES };
+				float *q, *out;
+				double *ref, err;
+
+				cr_assert_eq(tqkv_seq_view(s, l, &v), 0);
+				dim = v.head_dim;
+				a.scale = 1.0f / sqrtf((float)dim);
+				q = malloc(sizeof(float) * n_q * dim);
+				out = malloc(sizeof(float) * n_q * dim);
+				ref = malloc(sizeof(double) * n_q * dim);
+				queries(seed, n - 1, l, n_q, dim, q);
+				reference(&v, q, n_q, a.scale, n - 1, 0, ref);
+				cr_assert_eq(tqkv_attend(&v, q, &a, out), 0);
+				err = rel_error(out, ref, (size_t)n_q * dim);
+				cr_assert_lt(err, INT8_SCORES_ERR_MAX, "layer %u g %u rise %g: relative error %g", l, g,
+					     rises[i], err);
+				worst = err > worst ? err : worst;
+				a.flags = 1u << 7;
+				cr_assert_eq(tqkv_attend(&v, q, &a, out), -EINVAL);
+				free(q);
+				free(out);
+				free(ref);
+			}
+		cr_assert_eq(tqkv_seq_close(s), 0);
+	}
+	fprintf(stderr, "int8 scores: largest relative error %.3g\n", worst);
 	tqkv_client_free(c);
 	daemon_stop(&d);
 }

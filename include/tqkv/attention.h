@@ -29,6 +29,16 @@ enum tqkv_attn_kernel {
 	TQKV_ATTN_KERNEL_AVX512 = 3,  /* AVX-512 F/BW/VL/DQ/VBMI/VNNI tiles where the kinds allow, else scalar */
 };
 
+/* Options of tqkv_attend() (struct tqkv_attn.flags). */
+enum tqkv_attn_flag {
+	/* Approximate scores, faster: the AVX-512 kernel of 2-, 3- and 4-bit
+	 * TurboQuant keys looks each key coordinate up in an 8-bit table (one
+	 * lookup per four coordinates instead of three).  Its output is no
+	 * longer within 1e-4 of exact attention; docs/PERFORMANCE.md has the
+	 * measured error.  Other kernels and kinds ignore it and stay exact. */
+	TQKV_ATTN_INT8_SCORES = 1u << 0,
+};
+
 struct tqkv_attn {
 	uint32_t n_q_heads;   /* query heads of the layer, a multiple of the view's n_kv_heads */
 	float scale;          /* softmax scale, usually 1 / sqrt(head_dim) */
@@ -36,6 +46,7 @@ struct tqkv_attn {
 	uint32_t window;      /* sliding window: tokens > position - window (0 = all) */
 	unsigned threads;     /* worker threads for this call (0 or 1: the caller's only) */
 	enum tqkv_attn_kernel kernel;  /* 0: automatic; a kernel this CPU lacks: -ENOTSUP */
+	uint32_t flags;       /* enum tqkv_attn_flag; 0: exact (an unknown flag: -EINVAL) */
 };
 
 /*

@@ -50,6 +50,8 @@ static void help(FILE *f)
 		"  --quick        shorter runs (for smoke tests; figures are noisier)\n"
 		"  --isa=NAME     force the kernels: scalar, avx2 or avx512 (default: best)\n"
 		"  --context=N    attention: measure only context length N (tokens)\n"
+		"  --int8-scores  attention: tqkv with 8-bit score tables (TQKV_ATTN_INT8_SCORES,\n"
+		"                 approximate; the rel err column shows by how much)\n"
 		"  --dir=DIR      snapshot: where the file goes (default /var/tmp)\n"
 		"  --clients=N    load: client processes (default 32; 8 with --quick)\n"
 		"  --seconds=S    load: duration (default 60; 6 with --quick)\n"
@@ -65,6 +67,7 @@ int main(int argc, char **argv)
 		{ "quick", no_argument, NULL, 'q' },
 		{ "isa", required_argument, NULL, 'i' },
 		{ "context", required_argument, NULL, 'c' },
+		{ "int8-scores", no_argument, NULL, '8' },
 		{ "dir", required_argument, NULL, 'd' },
 		{ "clients", required_argument, NULL, 'C' },
 		{ "seconds", required_argument, NULL, 'S' },
@@ -84,6 +87,9 @@ int main(int argc, char **argv)
 			break;
 		case 'i':
 			o.isa = optarg;
+			break;
+		case '8':
+			o.int8_scores = true;
 			break;
 		case 'd':
 			o.dir = optarg;
