@@ -359,6 +359,7 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 		st[k].m = -INFINITY;
 		st[k].l = 0;
 		st[k].q = qh;
+		st[k].int8 = false;  /* set where the 4-bit kernel's tables are built */
 		st[k].q_mean = v->key_mean ? a->scale * dot(qh, v->key_mean + (size_t)head * d, d) : 0.0f;
 		if (is_tq(kc)) {
 			/* q' = P q (P = D2 H D1 / sqrt(d)); the table folds in the scale. */
