@@ -11,6 +11,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -341,18 +342,27 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 	}
 }
 
+/* The index of each nibble value per word type (tq3_nibble_index), built
+ * once. */
+static int32_t tq3_map[4][16];
+static pthread_once_t tq3_map_once = PTHREAD_ONCE_INIT;
+
+static void tq3_map_build(void)
+{
+	for (unsigned T = 0; T < 4; T++)
+		for (unsigned n = 0; n < 16; n++)
+			tq3_map[T][n] = (int32_t)tq3_nibble_index(T, n);
+}
+
 /* A 3-bit plane's indices (always its coordinates' whole index): nibble
  * k of nibble word w is coordinate w + W k, mapped per word type. */
 static void unpack_tq3(const struct tqkv_plane *pl, const uint8_t *bits, __m512i *idx)
 {
 	unsigned W = pl->n_coords / 8;
-	int32_t map[4][16];
 
-	for (unsigned T = 0; T < 4; T++)
-		for (unsigned n = 0; n < 16; n++)
-			map[T][n] = (int32_t)tq3_nibble_index(T, n);
+	pthread_once(&tq3_map_once, tq3_map_build);
 	for (unsigned w = 0; w < W; w++) {
-		__m512i word = tq3_nibble_word(bits + pl->offset, w), m = _mm512_loadu_si512(map[w % 4]);
+		__m512i word = tq3_nibble_word(bits + pl->offset, w), m = _mm512_loadu_si512(tq3_map[w % 4]);
 
 		for (unsigned k = 0; k < 8; k++)
 			idx[pl->first_coord + w + W * k] = _mm512_permutexvar_epi32(_mm512_srli_epi32(word, 4 * k), m);
