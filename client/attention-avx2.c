@@ -14,28 +14,23 @@
 #include <tqkv/codec.h>
 
 #include "attention-private.h"
+#include "exp-poly.h"
 
 #define HALVES 2
 
-/* e^x for x <= ATTN_MAX_SLACK, relative error ~1e-7 (the AVX-512 kernel's
- * polynomial). */
+/* e^x for x <= ATTN_MAX_SLACK (exp-poly.h). */
 static __m256 exp256(__m256 x)
 {
-	const __m256 log2e = _mm256_set1_ps(1.44269504f), ln2_hi = _mm256_set1_ps(0.693359375f),
-		     ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
 	__m256 n, r, p;
 	__m256i e;
 
-	x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-	n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-	r = _mm256_fnmadd_ps(n, ln2_hi, x);
-	r = _mm256_fnmadd_ps(n, ln2_lo, r);
-	p = _mm256_set1_ps(1.9875691500e-4f);
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+	x = _mm256_max_ps(x, _mm256_set1_ps(EXP_X_MIN));
+	n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+	r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+	p = _mm256_set1_ps(exp_poly[0]);
+	for (unsigned i = 1; i < EXP_POLY_TERMS; i++)
+		p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly[i]));
 	p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
 	/* 2^n for n in [-126, 12]: the exponent field. */
 	e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);

@@ -10,28 +10,26 @@
 
 #include <immintrin.h>
 
+#include "exp-poly.h"
+
 #ifndef EXP_AVX512_TARGET
 #define EXP_AVX512_TARGET
 #endif
 
 /* e^x for x up to 2^7 (the kernels pass scores minus a running max, at
- * most ATTN_MAX_SLACK), relative error ~1e-7; below -87, e^-87. */
+ * most ATTN_MAX_SLACK); exp-poly.h has the method. */
 static inline EXP_AVX512_TARGET __m512 exp_avx512(__m512 x)
 {
-	const __m512 log2e = _mm512_set1_ps(1.44269504f), ln2_hi = _mm512_set1_ps(0.693359375f),
-		     ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
 	__m512 n, r, p;
 
-	x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-	n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-	r = _mm512_fnmadd_ps(n, ln2_hi, x);
-	r = _mm512_fnmadd_ps(n, ln2_lo, r);
-	p = _mm512_set1_ps(1.9875691500e-4f);
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+	x = _mm512_max_ps(x, _mm512_set1_ps(EXP_X_MIN));
+	n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
+				 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+	r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+	p = _mm512_set1_ps(exp_poly[0]);
+	for (unsigned i = 1; i < EXP_POLY_TERMS; i++)
+		p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly[i]));
 	p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
 	return _mm512_scalef_ps(p, n);
 }
