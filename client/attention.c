@@ -352,7 +352,10 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2];
 	unsigned d = v->head_dim;
+	float nibble_cent[64];  /* the nibble kernels' key centroids */
 
+	if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_NIBBLE_AVX2)
+		nibble_centroids(kc, nibble_cent);
 	for (unsigned k = 0; k < g; k++) {
 		const float *qh = q + ((size_t)head * g + k) * d;
 
@@ -369,24 +372,17 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 			for (unsigned j = 0; j < kc->d; j++)
 				st[k].qrot[j] *= a->scale / kc->sqrt_d;
 			if (kernel == KERNEL_TQ4_AVX512) {
-				float cent[64];
-
-				nibble_centroids(kc, cent);
 				st[k].int8 = a->flags & TQKV_ATTN_INT8_SCORES;
 				st[k].bstep = st[k].int8
-					? attn_tq4_tables8_avx512(st[k].qrot, cent, kc->d, st[k].btab, &st[k].bbias)
-					: attn_tq4_tables_avx512(st[k].qrot, cent, kc->d, st[k].btab);
+					? attn_tq4_tables8_avx512(st[k].qrot, nibble_cent, kc->d, st[k].btab, &st[k].bbias)
+					: attn_tq4_tables_avx512(st[k].qrot, nibble_cent, kc->d, st[k].btab);
 				continue;
 			}
 			for (unsigned j = 0; j < kc->d; j++) {
-				float c16[64];
-				const float *cent = j < kc->split ? kc->cent_hi : kc->cent_lo;
-
 				/* The AVX2 kernel makes its nibbles type 0 (canonical). */
-				if (kernel == KERNEL_NIBBLE_AVX2) {
-					nibble_centroids(kc, c16);
-					cent = c16;
-				}
+				const float *cent = kernel == KERNEL_NIBBLE_AVX2 ? nibble_cent
+						    : j < kc->split ? kc->cent_hi : kc->cent_lo;
+
 				for (unsigned m = 0; m < 16; m++)
 					st[k].table[j * 16 + m] = st[k].qrot[j] * cent[m];
 			}
