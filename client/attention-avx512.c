@@ -311,6 +311,106 @@ static inline __attribute__((always_inline)) void values_word(const struct attn_
 	}
 }
 
+/* TQKV_ATTN_INT8_VALUES.  vpdpbusd adds four byte products into a dword,
+ * so the four bytes must be one coordinate of four tokens: byte q of a
+ * token's dword, taken from the chunk's four tiles.  transpose_bytes()
+ * gathers them: y[j] holds, in each 128-bit lane, the lane's token j, its
+ * dword q made of byte q of that token in tiles 0-3.  Dword q of every
+ * y[j] thus holds the nibbles of the same two coordinates (w + 2qW low,
+ * w + (2q+1)W high), whatever j and lane, and one accumulator per nibble
+ * half serves all four y[j]: lanes[(2w + half) * 16 + l] holds
+ * coordinate w + (2 (l % 4) + half) W (lanes_fold_int8 in attention.c). */
+_Static_assert(ATTN_CHUNK_TILES == 4, "the byte transposition takes four tiles");
+
+static inline __attribute__((always_inline)) void transpose_bytes(const __m512i *x, __m512i *y)
+{
+	__m512i a = _mm512_unpacklo_epi8(x[0], x[1]), b = _mm512_unpackhi_epi8(x[0], x[1]);
+	__m512i c = _mm512_unpacklo_epi8(x[2], x[3]), e = _mm512_unpackhi_epi8(x[2], x[3]);
+
+	y[0] = _mm512_unpacklo_epi16(a, c);
+	y[1] = _mm512_unpackhi_epi16(a, c);
+	y[2] = _mm512_unpacklo_epi16(b, e);
+	y[3] = _mm512_unpackhi_epi16(b, e);
+}
+
+/* A head's weights p of the chunk's four tiles as bytes, 255 for the
+ * chunk's largest (rounded to nearest: a weight is off by at most 1/510
+ * of that), each repeated in its token's four bytes and transposed as the
+ * index words are, so that byte t of every dword of w[j] weighs tile t's
+ * token there.  Returns the weight of one unit. */
+static inline __attribute__((always_inline)) float chunk_weights8(const __m512 *p, __m512i *w)
+{
+	const __m512i spread = _mm512_set4_epi32(0x0c0c0c0c, 0x08080808, 0x04040404, 0);
+	float pmax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(p[0], p[1]), _mm512_max_ps(p[2], p[3])));
+	__m512 scale = _mm512_set1_ps(pmax > 0 ? 255.0f / pmax : 0.0f);
+	__m512i x[ATTN_CHUNK_TILES];
+
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++) {
+		__m512i b = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(p[t], scale)), _mm512_set1_epi32(255));
+
+		x[t] = _mm512_shuffle_epi8(b, spread);
+	}
+	transpose_bytes(x, w);
+	return pmax / 255.0f;
+}
+
+/* The values of packed word w of a chunk with byte weights wv and byte
+ * centroids cent8 (unit[k]: head k's product of the two units): per
+ * nibble half one vpermb per y[j] and, per head, one vpdpbusd per y[j]
+ * for 64 tokens of a coordinate where the float path takes four FMAs and
+ * four lookups for 16. */
+static inline __attribute__((always_inline)) void values_word8(const struct attn_tile *tile,
+								struct attn_lane_state *st, unsigned g, unsigned VB,
+								unsigned D_const, unsigned W, unsigned w,
+								const int8_t *cent8, __m512i (*wv)[4], const float *unit)
+{
+	const __m512i cent = _mm512_load_si512(cent8);
+	__m512i x[ATTN_CHUNK_TILES], y[4], lo[4], hi[4];
+
+	attn_prefetch_slice(tile, w, W);
+	for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
+		x[t] = nibble_word(tile->vlayout, VB, D_const, tile->vbits[t], w);
+	transpose_bytes(x, y);
+	for (unsigned j = 0; j < 4; j++) {
+		lo[j] = _mm512_permutexvar_epi8(y[j], cent);
+		hi[j] = _mm512_permutexvar_epi8(_mm512_srli_epi16(y[j], 4), cent);
+	}
+	for (unsigned k = 0; k < g; k++) {
+		float *l = st[k].lanes + w * 32;
+		__m512i a = _mm512_setzero_si512(), b = a;
+
+		for (unsigned j = 0; j < 4; j++) {
+			a = _mm512_dpbusd_epi32(a, wv[k][j], lo[j]);
+			b = _mm512_dpbusd_epi32(b, wv[k][j], hi[j]);
+		}
+		_mm512_store_ps(l, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(unit[k]), _mm512_load_ps(l)));
+		_mm512_store_ps(l + 16,
+				_mm512_fmadd_ps(_mm512_cvtepi32_ps(b), _mm512_set1_ps(unit[k]), _mm512_load_ps(l + 16)));
+	}
+}
+
+/* The values of a chunk with byte weights (TQKV_ATTN_INT8_VALUES). */
+static inline __attribute__((always_inline)) void chunk_values8(const struct attn_tile *tile,
+								 struct attn_lane_state *st, unsigned g, unsigned VB,
+								 unsigned D_const, unsigned W, bool typed,
+								 __m512 (*p)[ATTN_CHUNK_TILES])
+{
+	__m512i wv[8][4];
+	float unit[8];
+
+	for (unsigned k = 0; k < g; k++)
+		unit[k] = chunk_weights8(p[k], wv[k]) * tile->vcent8_unit;
+	if (typed) {
+		for (unsigned w = 0; w < W; w += 4)
+#pragma GCC unroll 4
+			for (unsigned type = 0; type < 4; type++)
+				values_word8(tile, st, g, VB, D_const, W, w + type, tile->vcent8 + 64 * type, wv, unit);
+	} else {
+		for (unsigned w = 0; w < W; w++)
+			values_word8(tile, st, g, VB, D_const, W, w, tile->vcent8, wv, unit);
+	}
+}
+
 /* The 4-bit kernel for g query heads; inlined with g a constant for the
  * common group sizes so that the weights stay in registers, and with the
  * K and V index bits (KB, VB) and the dimension D constant (else 0) for
@@ -331,6 +431,10 @@ static inline __attribute__((always_inline)) void tile_tq4(const struct attn_til
 
 		chunk_scores(tile, KB, D_const, W, kidx, g == 1, int8, &st[k], s);
 		chunk_softmax(tile, &st[k], s, p[k]);
+	}
+	if (tile->vcent8) {
+		chunk_values8(tile, st, g, VB, D_const, W, typed, p);
+		return;
 	}
 	/* Values: per coordinate, each tile's centroids, weighted.  3-bit
 	 * words go by four so that each one's type, and so its centroids,

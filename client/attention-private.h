@@ -23,6 +23,12 @@ struct attn_tile {
 					      * nibble kernels: [4][16], per nibble
 					      * word type (attention.c) */
 	const float *vcent_lo;               /* V centroids of [vsplit, d) */
+	/* TQKV_ATTN_INT8_VALUES (4-bit kernel), else NULL: the V centroids
+	 * per nibble word type as signed bytes, each type's 16 repeated four
+	 * times (64 bytes, so that vpermb ignores index bits 4 and 5); a
+	 * centroid is vcent8_unit times its byte. */
+	const int8_t *vcent8;
+	float vcent8_unit;
 	unsigned vsplit;
 	unsigned d;                          /* padded dim */
 	uint16_t valid[ATTN_CHUNK_TILES];    /* tokens inside [lo, pos] */

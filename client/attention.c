@@ -107,6 +107,23 @@ static void nibble_centroids(const struct tqkv_codec *c, float out[64])
 			out[16 * T + n] = c->cent_hi[levels == 8 ? tq3_nibble_index(T, n) : n % levels];
 }
 
+/* The nibble centroids (nibble_centroids()) as signed bytes for
+ * TQKV_ATTN_INT8_VALUES, each type's 16 repeated four times (struct
+ * attn_tile.vcent8); returns the unit, cmax / 127. */
+static float nibble_centroids8(const float cent[64], int8_t out[256])
+{
+	float cmax = 0, unit;
+
+	for (unsigned i = 0; i < 64; i++)
+		cmax = fabsf(cent[i]) > cmax ? fabsf(cent[i]) : cmax;
+	unit = cmax > 0 ? cmax / 127.0f : 1.0f;
+	for (unsigned T = 0; T < 4; T++)
+		for (unsigned r = 0; r < 4; r++)
+			for (unsigned n = 0; n < 16; n++)
+				out[64 * T + 16 * r + n] = (int8_t)lrintf(cent[16 * T + n] / unit);
+	return unit;
+}
+
 /* The instruction set a request resolves to on this CPU, or CPU_ISA_MAX
  * for one it lacks. */
 static enum cpu_isa isa_for(enum tqkv_attn_kernel k)
@@ -305,9 +322,19 @@ static inline __attribute__((always_inline)) void prefetch_block_meta(const stru
 			__builtin_prefetch(rec + pt[s]);
 }
 
-/* acc[i] += the 16 per-token lanes of coordinate i. */
-static void lanes_fold(enum kernel kernel, const float *lanes, unsigned d, double *acc)
+/* acc[i] += the 16 per-token lanes of coordinate i, or with int8 values
+ * (TQKV_ATTN_INT8_VALUES) the lanes of packed word w's nibble half h, in
+ * which lane l holds coordinate w + (2 (l % 4) + h) d / 8
+ * (attention-avx512.c). */
+static void lanes_fold(enum kernel kernel, bool int8_values, const float *lanes, unsigned d, double *acc)
 {
+	if (int8_values) {
+		for (unsigned w = 0; w < d / 8; w++)
+			for (unsigned h = 0; h < 2; h++)
+				for (unsigned l = 0; l < 16; l++)
+					acc[w + (2 * (l % 4) + h) * (d / 8)] += lanes[(2 * w + h) * 16 + l];
+		return;
+	}
 #ifdef TQKV_HAVE_X86_SIMD
 	if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_TQ_AVX512) {
 		attn_lanes_fold_avx512(lanes, d, acc);
@@ -484,14 +511,18 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
 		struct page_memo memo = { { tqkv_page_size(kc, v->block_tokens), tqkv_page_size(vc, v->block_tokens) },
 					  { false, false }, { { 0 } }, { { 0 } } };
-		float cent16[64];
+		float cent16[64], unit8 = 0;
+		int8_t cent8[256] __attribute__((aligned(64)));
 		const float *vcent = vc->cent_hi;
+		bool int8_values = kernel == KERNEL_TQ4_AVX512 && (a->flags & TQKV_ATTN_INT8_VALUES);
 
 		for (unsigned k = 0; k < g; k++)
 			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
 		if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_NIBBLE_AVX2) {
 			nibble_centroids(vc, cent16);
 			vcent = cent16;
+			if (int8_values)
+				unit8 = nibble_centroids8(cent16, cent8);
 		}
 		/* The first blocks' page metadata, all at once: a short context
 		 * is mostly these misses.  The ring requests the later ones. */
@@ -515,6 +546,8 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 				r = chunk_at(v, head, lo, pos, t0, vcent, idx_scratch, &memo, &ring[slot], &n_tiles[slot]);
 				if (r < 0)
 					return r;
+				ring[slot].vcent8 = int8_values ? cent8 : NULL;
+				ring[slot].vcent8_unit = unit8;
 				prefetch_chunk(&ring[slot], n_tiles[slot], n_chunks++ < ATTN_LOOKAHEAD);
 				t0 += n_tiles[slot] * TILE;
 				queued++;
@@ -550,7 +583,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		if (r < 0)
 			return r;
 		for (unsigned k = 0; k < g; k++)
-			lanes_fold(kernel, st[k].lanes, vc->d, st[k].acc_rot);
+			lanes_fold(kernel, int8_values, st[k].lanes, vc->d, st[k].acc_rot);
 	}
 	/* Published blocks, tile by tile. */
 	for (uint64_t t0 = lo / TILE * TILE; kernel == KERNEL_PORTABLE && t0 <= pos && t0 < published; t0 += TILE) {
@@ -744,7 +777,7 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 
 	if (!v || !q || !a || !out || n == 0 || v->n_kv_heads == 0 || a->n_q_heads % v->n_kv_heads ||
 	    a->n_q_heads == 0 || n > v->n_tokens || a->position > v->n_tokens - n ||
-	    (a->flags & ~(uint32_t)TQKV_ATTN_INT8_SCORES))
+	    (a->flags & ~(uint32_t)(TQKV_ATTN_INT8_SCORES | TQKV_ATTN_INT8_VALUES)))
 		return -EINVAL;
 	isa = isa_for(a->kernel);
 	if (isa == CPU_ISA_MAX)

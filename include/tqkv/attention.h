@@ -37,6 +37,13 @@ enum tqkv_attn_flag {
 	 * longer within 1e-4 of exact attention; docs/PERFORMANCE.md has the
 	 * measured error.  Other kernels and kinds ignore it and stay exact. */
 	TQKV_ATTN_INT8_SCORES = 1u << 0,
+	/* Approximate values, faster: the same kernel weights each chunk of
+	 * 64 tokens with 8-bit softmax weights (scaled to the chunk's
+	 * largest) against 8-bit value centroids, four tokens per vpdpbusd,
+	 * instead of a float lookup and FMA per token and coordinate.  Not
+	 * within 1e-4 either; docs/PERFORMANCE.md has the measured error.
+	 * Other kernels and kinds ignore it and stay exact. */
+	TQKV_ATTN_INT8_VALUES = 1u << 1,
 };
 
 struct tqkv_attn {

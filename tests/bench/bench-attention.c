@@ -457,7 +457,8 @@ static int measure_row(const struct bench_options *o, const struct fp16_cache *f
 	float *q = bufs, *out = q + len, *out16 = out + len, *ref = out16 + len;
 	struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM), .position = fc->n - 1,
 			       .threads = threads, .kernel = kernel,
-			       .flags = o->int8_scores ? TQKV_ATTN_INT8_SCORES : 0 };
+			       .flags = (o->int8_scores ? TQKV_ATTN_INT8_SCORES : 0) |
+					(o->int8_values ? TQKV_ATTN_INT8_VALUES : 0) };
 	struct call base = { .fc = fc, .q = q, .out = out16, .g = g, .threads = threads };
 	struct call ours = { .v = v, .a = &a, .q = q, .out = out };
 	double t_fp16, t_tqkv, floor, err, base_err, n = (double)fc->n;
@@ -479,9 +480,10 @@ static int measure_row(const struct bench_options *o, const struct fp16_cache *f
 	if (o->json)
 		printf("{\"bench\":\"attention\",\"context\":%llu,\"g\":%u,\"threads\":%u,\"kind\":\"%s\","
 		       "\"fp16_ns_per_token\":%.3f,\"tqkv_ns_per_token\":%.3f,\"speedup\":%.3f,\"bw_fraction\":%.3f,"
-		       "\"rel_err\":%.4f,\"scores\":\"%s\"}\n",
+		       "\"rel_err\":%.4f,\"scores\":\"%s\",\"values\":\"%s\"}\n",
 		       (unsigned long long)fc->n, g, threads, tqkv_kind_to_string(kind), t_fp16 * 1e9 / n,
-		       t_tqkv * 1e9 / n, t_fp16 / t_tqkv, floor / t_tqkv, err, o->int8_scores ? "int8" : "exact");
+		       t_tqkv * 1e9 / n, t_fp16 / t_tqkv, floor / t_tqkv, err, o->int8_scores ? "int8" : "exact",
+		       o->int8_values ? "int8" : "exact");
 	else
 		printf("%-8llu %-4s %-3u %-7u %14.2f %14.2f %8.2fx %9.2f %9.3f\n", (unsigned long long)fc->n,
 		       tqkv_kind_to_string(kind), g, threads, t_fp16 * 1e9 / n, t_tqkv * 1e9 / n, t_fp16 / t_tqkv,

@@ -10,6 +10,7 @@ struct bench_options {
 	const char *isa;  /* force a kernel set: scalar, avx2, avx512 */
 	unsigned long context;  /* attention: only this context length (0: all) */
 	bool int8_scores; /* attention: tqkv with TQKV_ATTN_INT8_SCORES */
+	bool int8_values; /* attention: tqkv with TQKV_ATTN_INT8_VALUES */
 	const char *dir;  /* snapshot: where the file goes */
 	unsigned clients; /* load: client processes (0: default) */
 	double seconds;   /* load: duration (0: default) */

@@ -52,6 +52,9 @@ static void help(FILE *f)
 		"  --context=N    attention: measure only context length N (tokens)\n"
 		"  --int8-scores  attention: tqkv with 8-bit score tables (TQKV_ATTN_INT8_SCORES,\n"
 		"                 approximate; the rel err column shows by how much)\n"
+		"  --int8-values  attention: tqkv with 8-bit softmax weights against 8-bit value\n"
+		"                 centroids (TQKV_ATTN_INT8_VALUES, approximate; combines with\n"
+		"                 --int8-scores)\n"
 		"  --dir=DIR      snapshot: where the file goes (default /var/tmp)\n"
 		"  --clients=N    load: client processes (default 32; 8 with --quick)\n"
 		"  --seconds=S    load: duration (default 60; 6 with --quick)\n"
@@ -68,6 +71,7 @@ int main(int argc, char **argv)
 		{ "isa", required_argument, NULL, 'i' },
 		{ "context", required_argument, NULL, 'c' },
 		{ "int8-scores", no_argument, NULL, '8' },
+		{ "int8-values", no_argument, NULL, 'V' },
 		{ "dir", required_argument, NULL, 'd' },
 		{ "clients", required_argument, NULL, 'C' },
 		{ "seconds", required_argument, NULL, 'S' },
@@ -90,6 +94,9 @@ int main(int argc, char **argv)
 			break;
 		case '8':
 			o.int8_scores = true;
+			break;
+		case 'V':
+			o.int8_values = true;
 			break;
 		case 'd':
 			o.dir = optarg;
