@@ -25,6 +25,7 @@ struct llama_kv_tqkv {
 	struct tqkv_layer_desc *layers;
 	uint32_t staging_tokens;
 	unsigned threads;
+	uint32_t attn_flags;
 	uint16_t *k16, *v16;
 };
 
@@ -53,6 +54,7 @@ int llama_kv_tqkv_new(const struct llama_hparams *hp, uint64_t fingerprint, cons
 		return -ENOMEM;
 	kv->hp = *hp;
 	kv->threads = policy->threads;
+	kv->attn_flags = policy->attn_flags;
 	kv->layers = calloc(hp->n_layers, sizeof(*kv->layers));
 	kv->k16 = malloc(sizeof(uint16_t) * row);
 	kv->v16 = malloc(sizeof(uint16_t) * row);
@@ -207,7 +209,7 @@ static int tqkv_attend_layer(void *p, uint32_t layer, uint32_t pos, const float 
 	struct llama_kv_tqkv *kv = p;
 	struct tqkv_layer_view view;
 	struct tqkv_attn a = { .n_q_heads = kv->hp.n_heads, .scale = 1.0f / sqrtf((float)kv->hp.head_dim),
-			       .position = pos, .threads = kv->threads };
+			       .position = pos, .threads = kv->threads, .flags = kv->attn_flags };
 	uint64_t blocks = pos / tqkv_client_block_tokens(kv->client);
 	int r;
 

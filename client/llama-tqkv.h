@@ -21,6 +21,7 @@ struct llama_kv_policy {
 	bool center_keys;          /* subtract each head's key mean (TQKV_LAYER_CENTER_KEYS) */
 	uint32_t boundary;         /* the first and last this many layers keep FP16 K and V */
 	unsigned threads;          /* attention threads per call */
+	uint32_t attn_flags;       /* struct tqkv_attn.flags (the approximate int8 options) */
 	bool daemon;               /* the daemon's preset instead of the above (TQKV_LAYER_DAEMON_POLICY) */
 };
 

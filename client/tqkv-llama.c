@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <tqkv/attention.h>
 #include <tqkv/client.h>
 
 #include "gguf.h"
@@ -74,6 +75,10 @@ static void help(FILE *f)
 		"  --center          subtract each head's key mean before quantizing keys\n"
 		"  --boundary N      keep FP16 K and V in the first and last N layers (default 0)\n"
 		"  --threads N       attention threads per call (default 1)\n"
+		"  --int8-scores     attention with 8-bit score tables (TQKV_ATTN_INT8_SCORES:\n"
+		"                    faster, approximate; compare shows what it costs)\n"
+		"  --int8-values     attention with 8-bit weights and value centroids\n"
+		"                    (TQKV_ATTN_INT8_VALUES: faster, approximate)\n"
 		"  --socket PATH     use the running tqkvd at PATH\n"
 		"  --kv f32          generate, perplexity: the local FP32 cache instead of tqkv\n"
 		"  --json            perplexity, compare: one JSON object\n"
@@ -136,12 +141,13 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "center", no_argument, NULL, 'c' }, { "boundary", required_argument, NULL, 'b' },
 		{ "threads", required_argument, NULL, 'j' }, { "socket", required_argument, NULL, 's' },
 		{ "kv", required_argument, NULL, 'K' }, { "json", no_argument, NULL, 'J' },
-		{ "preset", required_argument, NULL, 'P' }, { "help", no_argument, NULL, 'h' }, { 0 },
+		{ "preset", required_argument, NULL, 'P' }, { "help", no_argument, NULL, 'h' },
+		{ "int8-scores", no_argument, NULL, '8' }, { "int8-values", no_argument, NULL, 'V' }, { 0 },
 	};
 	int c, kind;
 
 	*o = (struct options){ .n_predict = 32, .tokens = 4096, .threads = 1, .greedy = true, .seed = 1,
-			       .policy = { TQKV_KIND_TQ4, TQKV_KIND_TQ4, false, 0, 1, false } };
+			       .policy = { TQKV_KIND_TQ4, TQKV_KIND_TQ4, false, 0, 1, 0, false } };
 	while ((c = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm': o->model = optarg; break;
@@ -151,6 +157,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 		case 'g': o->greedy = true; break;
 		case 'c': o->policy.center_keys = true; break;
 		case 'J': o->json = true; break;
+		case '8': o->policy.attn_flags |= TQKV_ATTN_INT8_SCORES; break;
+		case 'V': o->policy.attn_flags |= TQKV_ATTN_INT8_VALUES; break;
 		case 'n':
 			if (parse_uint(optarg, 1u << 20, &o->n_predict) < 0)
 				return usage("-n wants a token count, not '%s'", optarg);
@@ -605,10 +613,12 @@ static int run_eval(const struct options *o, bool compare)
 		if (o->json)
 			printf("{\"ppl_base\":%.6f,\"ppl\":%.6f,\"ppl_delta_pct\":%.4f,\"kld\":%.6f,\"top1\":%.5f,"
 			       "\"cosine\":%.6f,\"compression\":%.3f,\"tokens\":%zu,\"k\":\"%s\",\"v\":\"%s\","
-			       "\"center\":%s,\"boundary\":%u}\n",
+			       "\"center\":%s,\"boundary\":%u,\"int8_scores\":%s,\"int8_values\":%s}\n",
 			       ppl_base, ppl, 100 * (ppl / ppl_base - 1), s.kld / (double)s.n, (double)s.top1 / (double)s.n,
 			       s.cosine / (double)s.n, comp, s.n, tqkv_kind_to_string(eff.k_kind),
-			       tqkv_kind_to_string(eff.v_kind), eff.center_keys ? "true" : "false", eff.boundary);
+			       tqkv_kind_to_string(eff.v_kind), eff.center_keys ? "true" : "false", eff.boundary,
+			       o->policy.attn_flags & TQKV_ATTN_INT8_SCORES ? "true" : "false",
+			       o->policy.attn_flags & TQKV_ATTN_INT8_VALUES ? "true" : "false");
 		else
 			printf("tokens %zu  ppl fp32 %.4f  ppl tqkv %.4f (%+.3f%%)  kld %.5f  top1 %.2f%%  cosine %.5f  "
 			       "compression %.2f\n",

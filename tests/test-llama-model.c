@@ -9,6 +9,7 @@
 #include <math.h>
 
 #include <criterion/criterion.h>
+#include <tqkv/attention.h>
 
 #include "gguf.h"
 #include "daemon-harness.h"
@@ -120,9 +121,13 @@ Test(llama_model, tqkv_backend_long_context, .timeout = 300)
 		struct llama_kv_policy policy;
 		double max_increase;  /* of the mean NLL over the FP32 cache's, relative */
 	} policies[] = {
-		{ { TQKV_KIND_FP16, TQKV_KIND_FP16, false, 0, 1, false }, 1e-4 },
-		{ { TQKV_KIND_TQ4, TQKV_KIND_TQ4, true, 0, 2, false }, 0.01 },
-		{ { TQKV_KIND_TQ3, TQKV_KIND_TQ3, true, 1, 1, false }, 0.03 },
+		{ { .k_kind = TQKV_KIND_FP16, .v_kind = TQKV_KIND_FP16, .threads = 1 }, 1e-4 },
+		{ { .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4, .center_keys = true, .threads = 2 }, 0.01 },
+		{ { .k_kind = TQKV_KIND_TQ3, .v_kind = TQKV_KIND_TQ3, .center_keys = true, .boundary = 1, .threads = 1 },
+		  0.03 },
+		/* The approximate attention options, on the real model. */
+		{ { .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4, .threads = 1,
+		    .attn_flags = TQKV_ATTN_INT8_SCORES | TQKV_ATTN_INT8_VALUES }, 0.02 },
 	};
 	char dir[4096], path[4300], err[256];
 	struct gguf_file *f;
@@ -156,9 +161,10 @@ Test(llama_model, tqkv_backend_long_context, .timeout = 300)
 		cr_assert_eq(llama_kv_tqkv_new(&m->hp, llama_model_fingerprint(m) + i, d.socket, &policies[i].policy, &kv, err,
 					       sizeof(err)), 0, "%s", err);
 		got = long_context_nll(m, json, &llama_kv_tqkv_ops, kv);
-		cr_log_info("K %s V %s center %d boundary %u: mean NLL %.5f vs %.5f (%+.3f%%), compression %.2f",
+		cr_log_info("K %s V %s center %d boundary %u flags %#x: mean NLL %.5f vs %.5f (%+.3f%%), compression %.2f",
 			    tqkv_kind_to_string(policies[i].policy.k_kind), tqkv_kind_to_string(policies[i].policy.v_kind),
-			    policies[i].policy.center_keys, policies[i].policy.boundary, got, got_base,
+			    policies[i].policy.center_keys, policies[i].policy.boundary, policies[i].policy.attn_flags, got,
+			    got_base,
 			    100 * (got / got_base - 1), llama_kv_tqkv_compression(kv));
 		cr_assert_leq(got, got_base * (1 + policies[i].max_increase), "policy %zu: mean NLL %.5f vs %.5f", i, got,
 			      got_base);
