@@ -319,7 +319,7 @@ static inline __attribute__((always_inline)) void values_word(const struct attn_
  * y[j] thus holds the nibbles of the same two coordinates (w + 2qW low,
  * w + (2q+1)W high), whatever j and lane, and one accumulator per nibble
  * half serves all four y[j]: lanes[(2w + half) * 16 + l] holds
- * coordinate w + (2 (l % 4) + half) W (lanes_fold_int8 in attention.c). */
+ * coordinate w + (2 (l % 4) + half) W (lanes_fold() in attention.c). */
 _Static_assert(ATTN_CHUNK_TILES == 4, "the byte transposition takes four tiles");
 
 static inline __attribute__((always_inline)) void transpose_bytes(const __m512i *x, __m512i *y)
