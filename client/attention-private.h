@@ -75,6 +75,17 @@ struct attn_lane_state {
 	void *owner;          /* the portable state, for attn_move_max */
 };
 
+/* A query head as the FP16 tail kernel sees it (attention.c owns it). */
+#define ATTN_TAIL_HEADS 8
+struct attn_tail_head {
+	const float *q;        /* the query, d floats */
+	unsigned d;            /* head_dim */
+	double *m, *l;         /* running max and sum */
+	double *acc;           /* values in the original domain (d) */
+	double *acc_rot;       /* values in the rotated domain (d_rot), or NULL */
+	unsigned d_rot;
+};
+
 /* Runs fn(args + i * stride) for i in [0, n): i = 0 on the calling thread,
  * the others on the pool's workers (attention-pool.c); returns when all
  * are done. */
@@ -98,6 +109,11 @@ void attn_tile_tq4_avx512(const struct attn_tile *tile, struct attn_lane_state *
 /* The same for any TurboQuant kinds of K and V: unpacks each tile's planes
  * to one index per lane first. */
 void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *st, unsigned g);
+/* Tokens [0, n) of the FP16 tail, n <= 16 (krow[t], vrow[t]: head_dim
+ * fp16 each), for g <= ATTN_TAIL_HEADS query heads: scores scale * q . k,
+ * the online softmax, the values into h->acc. */
+void attn_tail_avx512(const uint16_t *const *krow, const uint16_t *const *vrow, unsigned n, float scale,
+		      struct attn_tail_head *h, unsigned g);
 /* acc[i] += the sum of the 16 lanes of coordinate i (d a multiple of 16). */
 void attn_lanes_fold_avx512(const float *lanes, unsigned d, double *acc);
 /* The AVX2 kernel over nibble words (uniform 2-, 3- or 4-bit K and V),

@@ -484,10 +484,65 @@ static inline __attribute__((always_inline)) void prefetch_chunk(const struct at
 	__builtin_prefetch(tile->vnorms[n_tiles - 1]);
 }
 
-/* Attends one KV head for one query token at pos with g query heads. */
+/* The K and V rows of tail tokens [first, first + n) of head, n <= 16,
+ * checked once: tqkv_view_tail_row() divides by the staging ring's size
+ * per row, which cost the tail kernel two thirds of its time. */
+static int tail_rows(const struct tqkv_layer_view *v, uint32_t head, uint64_t first, unsigned n,
+		     const uint16_t **krow, const uint16_t **vrow)
+{
+	uint64_t slot;
+
+	if (first < v->n_blocks * v->block_tokens || first + n > v->n_tokens || head >= v->n_kv_heads || !v->staging_tokens)
+		return -EINVAL;
+	slot = first % v->staging_tokens;
+	for (unsigned t = 0; t < n; t++) {
+		const uint8_t *row = v->tail + slot * v->token_bytes + (size_t)head * v->head_dim * 2u;
+
+		krow[t] = (const uint16_t *)(row + v->row_offset[0]);
+		vrow[t] = (const uint16_t *)(row + v->row_offset[1]);
+		if (++slot == v->staging_tokens)
+			slot = 0;
+	}
+	return 0;
+}
+
+/* The FP16 tail tokens [first, pos] of head with AVX-512, 16 at a time. */
+static int attend_tail_avx512(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+			      uint64_t first, uint64_t pos, struct head_state *st, unsigned g)
+{
+#ifdef TQKV_HAVE_X86_SIMD
+	struct attn_tail_head h[ATTN_TAIL_HEADS];
+
+	for (uint64_t t0 = first; t0 <= pos; t0 += 16) {
+		const uint16_t *krow[16], *vrow[16];
+		unsigned n = pos + 1 - t0 < 16 ? (unsigned)(pos + 1 - t0) : 16;
+		int r = tail_rows(v, head, t0, n, krow, vrow);
+
+		if (r < 0)
+			return r;
+		for (unsigned k0 = 0; k0 < g; k0 += ATTN_TAIL_HEADS) {
+			unsigned m = g - k0 < ATTN_TAIL_HEADS ? g - k0 : ATTN_TAIL_HEADS;
+
+			for (unsigned i = 0; i < m; i++) {
+				struct head_state *s = &st[k0 + i];
+
+				h[i] = (struct attn_tail_head){ s->q, s->d, &s->m, &s->l, s->acc, s->acc_rot, s->d_rot };
+			}
+			attn_tail_avx512(krow, vrow, n, a->scale, h, m);
+		}
+	}
+	return 0;
+#else
+	(void)v, (void)head, (void)a, (void)first, (void)pos, (void)st, (void)g;
+	return -ENOTSUP;
+#endif
+}
+
+/* Attends one KV head for one query token at pos with g query heads;
+ * simd_tail: the FP16 tail with AVX-512, else the float64 loop. */
 static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
-		       enum kernel kernel, uint64_t pos, struct head_state *st, unsigned g, float *out, float *scratch,
-		       uint32_t *idx_scratch)
+		       enum kernel kernel, bool simd_tail, uint64_t pos, struct head_state *st, unsigned g, float *out,
+		       float *scratch, uint32_t *idx_scratch)
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
 	unsigned d = v->head_dim, D = kc->d > vc->d ? kc->d : vc->d;
@@ -625,7 +680,9 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		}
 	}
 	/* The FP16 tail: exact keys see the same shift as centered ones. */
-	for (uint64_t tok = published > lo ? published : lo; tok <= pos; tok++) {
+	if (simd_tail && (r = attend_tail_avx512(v, head, a, published > lo ? published : lo, pos, st, g)) < 0)
+		return r;
+	for (uint64_t tok = published > lo ? published : lo; !simd_tail && tok <= pos; tok++) {
 		const uint16_t *kr = tqkv_view_tail_row(v, tok, head, 0), *vr = tqkv_view_tail_row(v, tok, head, 1);
 
 		if (!kr || !vr)
@@ -761,7 +818,7 @@ static void run_job(void *arg)
 			for (unsigned k = 0; k < g; k++)
 				st[k].acc_rot = v_tq ? s->acc + (size_t)k * 2 * SCRATCH_D + SCRATCH_D : NULL;
 			prepare_queries(v, h, j->a, kernel, q, st, g);
-			j->result = attend_head(v, h, j->a, kernel, j->a->position + i, st, g, out,
+			j->result = attend_head(v, h, j->a, kernel, j->isa == CPU_ISA_AVX512, j->a->position + i, st, g, out,
 						s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
 		}
 	}
