@@ -86,6 +86,10 @@ struct attn_tail_head {
 	unsigned d_rot;
 };
 
+/* Moves a tail head's running max up to m_new, rescaling its sum and
+ * accumulators (attention.c; rare, so portable code serves both ISAs). */
+void attn_tail_move_max(struct attn_tail_head *h, double m_new);
+
 /* Runs fn(args + i * stride) for i in [0, n): i = 0 on the calling thread,
  * the others on the pool's workers (attention-pool.c); returns when all
  * are done. */
@@ -114,6 +118,9 @@ void attn_tile_tq_avx512(const struct attn_tile *tile, struct attn_lane_state *s
  * the online softmax, the values into h->acc. */
 void attn_tail_avx512(const uint16_t *const *krow, const uint16_t *const *vrow, unsigned n, float scale,
 		      struct attn_tail_head *h, unsigned g);
+/* The same with AVX2, F16C and FMA. */
+void attn_tail_avx2(const uint16_t *const *krow, const uint16_t *const *vrow, unsigned n, float scale,
+		    struct attn_tail_head *h, unsigned g);
 /* acc[i] += the sum of the 16 lanes of coordinate i (d a multiple of 16). */
 void attn_lanes_fold_avx512(const float *lanes, unsigned d, double *acc);
 /* The AVX2 kernel over nibble words (uniform 2-, 3- or 4-bit K and V),

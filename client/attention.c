@@ -79,6 +79,20 @@ void attn_move_max(struct attn_lane_state *ls, float m_new)
 	*ls->m = m_new;
 }
 
+void attn_tail_move_max(struct attn_tail_head *h, double m_new)
+{
+	if (*h->m != -INFINITY) {
+		double f = exp(*h->m - m_new);
+
+		*h->l *= f;
+		for (unsigned j = 0; j < h->d; j++)
+			h->acc[j] *= f;
+		for (unsigned j = 0; h->acc_rot && j < h->d_rot; j++)
+			h->acc_rot[j] *= f;
+	}
+	*h->m = m_new;
+}
+
 /* The kernels that serve a pair of K and V streams. */
 enum kernel {
 	KERNEL_PORTABLE,     /* token by token, float tables */
@@ -506,9 +520,10 @@ static int tail_rows(const struct tqkv_layer_view *v, uint32_t head, uint64_t fi
 	return 0;
 }
 
-/* The FP16 tail tokens [first, pos] of head with AVX-512, 16 at a time. */
-static int attend_tail_avx512(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
-			      uint64_t first, uint64_t pos, struct head_state *st, unsigned g)
+/* The FP16 tail tokens [first, pos] of head with AVX-512 or AVX2 (isa),
+ * 16 at a time. */
+static int attend_tail_simd(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+			    enum cpu_isa isa, uint64_t first, uint64_t pos, struct head_state *st, unsigned g)
 {
 #ifdef TQKV_HAVE_X86_SIMD
 	struct attn_tail_head h[ATTN_TAIL_HEADS];
@@ -528,22 +543,23 @@ static int attend_tail_avx512(const struct tqkv_layer_view *v, uint32_t head, co
 
 				h[i] = (struct attn_tail_head){ s->q, s->d, &s->m, &s->l, s->acc, s->acc_rot, s->d_rot };
 			}
-			attn_tail_avx512(krow, vrow, n, a->scale, h, m);
+			(isa == CPU_ISA_AVX512 ? attn_tail_avx512 : attn_tail_avx2)(krow, vrow, n, a->scale, h, m);
 		}
 	}
 	return 0;
 #else
-	(void)v, (void)head, (void)a, (void)first, (void)pos, (void)st, (void)g;
+	(void)v, (void)head, (void)a, (void)isa, (void)first, (void)pos, (void)st, (void)g;
 	return -ENOTSUP;
 #endif
 }
 
 /* Attends one KV head for one query token at pos with g query heads;
- * simd_tail: the FP16 tail with AVX-512, else the float64 loop. */
+ * the FP16 tail with isa's kernel (AVX-512, AVX2), else the float64 loop. */
 static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
-		       enum kernel kernel, bool simd_tail, uint64_t pos, struct head_state *st, unsigned g, float *out,
+		       enum kernel kernel, enum cpu_isa isa, uint64_t pos, struct head_state *st, unsigned g, float *out,
 		       float *scratch, uint32_t *idx_scratch)
 {
+	const bool simd_tail = isa == CPU_ISA_AVX512 || isa == CPU_ISA_AVX2;
 	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
 	unsigned d = v->head_dim, D = kc->d > vc->d ? kc->d : vc->d;
 	uint64_t lo = a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
@@ -680,7 +696,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		}
 	}
 	/* The FP16 tail: exact keys see the same shift as centered ones. */
-	if (simd_tail && (r = attend_tail_avx512(v, head, a, published > lo ? published : lo, pos, st, g)) < 0)
+	if (simd_tail && (r = attend_tail_simd(v, head, a, isa, published > lo ? published : lo, pos, st, g)) < 0)
 		return r;
 	for (uint64_t tok = published > lo ? published : lo; !simd_tail && tok <= pos; tok++) {
 		const uint16_t *kr = tqkv_view_tail_row(v, tok, head, 0), *vr = tqkv_view_tail_row(v, tok, head, 1);
@@ -818,7 +834,7 @@ static void run_job(void *arg)
 			for (unsigned k = 0; k < g; k++)
 				st[k].acc_rot = v_tq ? s->acc + (size_t)k * 2 * SCRATCH_D + SCRATCH_D : NULL;
 			prepare_queries(v, h, j->a, kernel, q, st, g);
-			j->result = attend_head(v, h, j->a, kernel, j->isa == CPU_ISA_AVX512, j->a->position + i, st, g, out,
+			j->result = attend_head(v, h, j->a, kernel, j->isa, j->a->position + i, st, g, out,
 						s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
 		}
 	}
