@@ -17,7 +17,7 @@
 #include "test-util.h"
 
 #define KV_HEADS 2
-#define N_LAYERS 10
+#define N_LAYERS 11
 #define MAX_DIM 128
 
 static const struct tqkv_layer_desc layers[N_LAYERS] = {
@@ -36,6 +36,9 @@ static const struct tqkv_layer_desc layers[N_LAYERS] = {
 	{ .n_kv_heads = KV_HEADS, .head_dim = 128, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4 },
 	{ .n_kv_heads = KV_HEADS, .head_dim = 128, .kv_source = -1, .k_kind = TQKV_KIND_TQ3, .v_kind = TQKV_KIND_TQ3,
 	  .flags = TQKV_LAYER_CENTER_KEYS },
+	/* A head_dim that is no multiple of 8: the FP16 tail kernels' last
+	 * partial vector of a row. */
+	{ .n_kv_heads = KV_HEADS, .head_dim = 36, .kv_source = -1, .k_kind = TQKV_KIND_TQ4, .v_kind = TQKV_KIND_TQ4 },
 	{ .kv_source = 0 },
 };
 
