@@ -287,8 +287,8 @@ Test(attention, rising_scores, .timeout = 120)
 
 /* TQKV_ATTN_INT8_SCORES and TQKV_ATTN_INT8_VALUES are approximate: alone
  * and together their output stays within INT8_ERR_MAX of the float64
- * reference (relative L2), on plain and on climbing scores, and an
- * unknown flag is refused. */
+ * reference (relative L2), on plain and on climbing scores, GQA 1, 4 and
+ * 8, with and without a window, and an unknown flag is refused. */
 #define INT8_ERR_MAX 6e-2
 
 Test(attention, int8_options_within_their_bound, .timeout = 120)
@@ -296,6 +296,7 @@ Test(attention, int8_options_within_their_bound, .timeout = 120)
 	static const float rises[] = { 0.0f, 3.0f };
 	static const uint32_t flag_sets[] = { TQKV_ATTN_INT8_SCORES, TQKV_ATTN_INT8_VALUES,
 					      TQKV_ATTN_INT8_SCORES | TQKV_ATTN_INT8_VALUES };
+	static const unsigned groups[] = { 1, 4, 8 };
 	uint64_t base = test_seed();
 	struct test_daemon d;
 	struct tqkv_client *c;
@@ -308,10 +309,11 @@ Test(attention, int8_options_within_their_bound, .timeout = 120)
 		struct tqkv_seq *s = rising_sequence(c, seed, n, rises[i]);
 
 		for (uint32_t l = 0; l < N_LAYERS; l++)
-			for (unsigned g = 1; g <= 4; g *= 4) {
+			for (size_t gi = 0; gi < sizeof(groups) / sizeof(groups[0]); gi++) {
 				struct tqkv_layer_view v;
-				unsigned n_q = KV_HEADS * g, dim;
-				struct tqkv_attn a = { .n_q_heads = n_q, .position = n - 1 };
+				unsigned g = groups[gi], n_q = KV_HEADS * g, dim;
+				/* g = 8 with a window that cuts a tile. */
+				struct tqkv_attn a = { .n_q_heads = n_q, .position = n - 1, .window = g == 8 ? 301 : 0 };
 				float *q, *out;
 				double *ref;
 
@@ -322,15 +324,15 @@ Test(attention, int8_options_within_their_bound, .timeout = 120)
 				out = malloc(sizeof(float) * n_q * dim);
 				ref = malloc(sizeof(double) * n_q * dim);
 				queries(seed, n - 1, l, n_q, dim, q);
-				reference(&v, q, n_q, a.scale, n - 1, 0, ref);
+				reference(&v, q, n_q, a.scale, n - 1, a.window, ref);
 				for (size_t f = 0; f < sizeof(flag_sets) / sizeof(flag_sets[0]); f++) {
 					double err;
 
 					a.flags = flag_sets[f];
 					cr_assert_eq(tqkv_attend(&v, q, &a, out), 0);
 					err = rel_error(out, ref, (size_t)n_q * dim);
-					cr_assert_lt(err, INT8_ERR_MAX, "layer %u g %u rise %g flags %#x: relative error %g",
-						     l, g, rises[i], a.flags, err);
+					cr_assert_lt(err, INT8_ERR_MAX, "layer %u g %u window %u rise %g flags %#x: relative error %g",
+						     l, g, a.window, rises[i], a.flags, err);
 					worst[f] = err > worst[f] ? err : worst[f];
 				}
 				a.flags = 1u << 7;
