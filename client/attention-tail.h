@@ -37,8 +37,8 @@
 #include "attention-private.h"
 
 /* Inlined with g a constant for the common group sizes, so that the value
- * sums stay in registers (in memory, each token's FMA waited on the last
- * one's store: three quarters of the kernel's time). */
+ * sums stay in registers: in memory, each token's FMA waited on the last
+ * one's store (1087 tokens, G=1: 92.6 -> 88.5 ns per token). */
 static inline __attribute__((always_inline)) void tail_group(const uint16_t *const *krow,
 							      const uint16_t *const *vrow, unsigned n, float scale,
 							      struct attn_tail_head *h, unsigned g)

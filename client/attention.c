@@ -499,8 +499,9 @@ static inline __attribute__((always_inline)) void prefetch_chunk(const struct at
 }
 
 /* The K and V rows of tail tokens [first, first + n) of head, n <= 16,
- * checked once: tqkv_view_tail_row() divides by the staging ring's size
- * per row, which cost the tail kernel two thirds of its time. */
+ * checked once and the ring slot stepped: tqkv_view_tail_row() checks
+ * and divides by the ring's size per row (1087 tokens, 63 in the tail,
+ * G=1: 97.1 -> 92.6 ns per token). */
 static int tail_rows(const struct tqkv_layer_view *v, uint32_t head, uint64_t first, unsigned n,
 		     const uint16_t **krow, const uint16_t **vrow)
 {
