@@ -4,14 +4,21 @@
 
 usage: scripts/attention-ab.py CONTEXT RUNS NAME=COMMAND [NAME=COMMAND ...]
 
-Runs each COMMAND (a tqkv-bench binary, or a wrapper that sets TQKVD and
-LD_LIBRARY_PATH for another build) as `COMMAND attention --context=CONTEXT
---json`, RUNS times in turn, and prints per build and case the minimum FP16
-and tqkv ns per token and the ratio of the two minima.  Interleaving makes
-the slow spells of a shared machine hit every build alike.
+Runs each COMMAND as `COMMAND attention --context=CONTEXT --json`, RUNS
+times in turn, and prints per build and case the minimum FP16 and tqkv ns
+per token and the ratio of the two minima.  Interleaving makes the slow
+spells of a shared machine hit every build alike.  A COMMAND is split as a
+shell would (no expansion), so it can carry options and another build's
+daemon and library:
+
+  scripts/attention-ab.py 32768 5 exact=build/tests/bench/tqkv-bench \
+      "both=build/tests/bench/tqkv-bench --int8-scores --int8-values" \
+      "old=env TQKVD=/tmp/old/build/daemon/tqkvd LD_LIBRARY_PATH=/tmp/old/build/client
+           /tmp/old/build/tests/bench/tqkv-bench"
 """
 import collections
 import json
+import shlex
 import subprocess
 import sys
 
@@ -24,7 +31,7 @@ def main(argv):
     times = collections.defaultdict(lambda: collections.defaultdict(list))
     for _ in range(runs):
         for name, command in builds.items():
-            out = subprocess.run([command, "attention", "--context=" + context, "--json"],
+            out = subprocess.run(shlex.split(command) + ["attention", "--context=" + context, "--json"],
                                  capture_output=True, text=True, check=True).stdout
             for line in out.splitlines():
                 row = json.loads(line)
