@@ -82,12 +82,12 @@ struct attn_tail_head {
 	unsigned d;            /* head_dim */
 	double *m, *l;         /* running max and sum */
 	double *acc;           /* values in the original domain (d) */
-	double *acc_rot;       /* values in the rotated domain (d_rot), or NULL */
-	unsigned d_rot;
+	void *owner;           /* the portable state, for attn_tail_move_max */
 };
 
 /* Moves a tail head's running max up to m_new, rescaling its sum and
- * accumulators (attention.c; rare, so portable code serves both ISAs). */
+ * every accumulator of its owner (attention.c; rare, so portable code
+ * serves both ISAs). */
 void attn_tail_move_max(struct attn_tail_head *h, double m_new);
 
 /* Runs fn(args + i * stride) for i in [0, n): i = 0 on the calling thread,

@@ -85,10 +85,7 @@ void attn_tail_move_max(struct attn_tail_head *h, double m_new)
 		double f = exp(*h->m - m_new);
 
 		*h->l *= f;
-		for (unsigned j = 0; j < h->d; j++)
-			h->acc[j] *= f;
-		for (unsigned j = 0; h->acc_rot && j < h->d_rot; j++)
-			h->acc_rot[j] *= f;
+		scale_accumulators(h->owner, f);
 	}
 	*h->m = m_new;
 }
@@ -511,10 +508,8 @@ static int tail_rows(const struct tqkv_layer_view *v, uint32_t head, uint64_t fi
 		return -EINVAL;
 	slot = first % v->staging_tokens;
 	for (unsigned t = 0; t < n; t++) {
-		const uint8_t *row = v->tail + slot * v->token_bytes + (size_t)head * v->head_dim * 2u;
-
-		krow[t] = (const uint16_t *)(row + v->row_offset[0]);
-		vrow[t] = (const uint16_t *)(row + v->row_offset[1]);
+		krow[t] = view_tail_slot_row(v, slot, head, 0);
+		vrow[t] = view_tail_slot_row(v, slot, head, 1);
 		if (++slot == v->staging_tokens)
 			slot = 0;
 	}
@@ -542,7 +537,7 @@ static int attend_tail_simd(const struct tqkv_layer_view *v, uint32_t head, cons
 			for (unsigned i = 0; i < m; i++) {
 				struct head_state *s = &st[k0 + i];
 
-				h[i] = (struct attn_tail_head){ s->q, s->d, &s->m, &s->l, s->acc, s->acc_rot, s->d_rot };
+				h[i] = (struct attn_tail_head){ s->q, s->d, &s->m, &s->l, s->acc, s };
 			}
 			(isa == CPU_ISA_AVX512 ? attn_tail_avx512 : attn_tail_avx2)(krow, vrow, n, a->scale, h, m);
 		}

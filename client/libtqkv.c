@@ -841,8 +841,7 @@ TQKV_EXPORT const uint16_t *tqkv_view_tail_row(const struct tqkv_layer_view *v, 
 {
 	if (token < v->n_blocks * v->block_tokens || token >= v->n_tokens || head >= v->n_kv_heads || stream > 1)
 		return NULL;
-	return (const uint16_t *)(v->tail + (token % v->staging_tokens) * v->token_bytes + v->row_offset[stream] +
-				  (size_t)head * v->head_dim * 2u);
+	return view_tail_slot_row(v, token % v->staging_tokens, head, stream);
 }
 
 TQKV_EXPORT int tqkv_view_read(const struct tqkv_layer_view *v, uint32_t head, unsigned stream, uint64_t first,

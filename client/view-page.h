@@ -50,4 +50,13 @@ static inline const void *view_page_sized(const struct tqkv_layer_view *v, uint6
 	return rec + off;
 }
 
+/* The row of stream (0 K, 1 V) of head in slot of the view's FP16 tail
+ * ring (token % staging_tokens); the caller has checked token, head and
+ * stream. */
+static inline const uint16_t *view_tail_slot_row(const struct tqkv_layer_view *v, uint64_t slot, uint32_t head,
+						 unsigned stream)
+{
+	return (const uint16_t *)(v->tail + slot * v->token_bytes + v->row_offset[stream] + (size_t)head * v->head_dim * 2u);
+}
+
 #endif
