@@ -22,6 +22,21 @@
 #include "exp-avx512.h"
 #include "tq3-words.h"
 
+/* The unit of a score table that spans units steps: the largest entry,
+ * max |qs_j| * max |c|, over units (1 if that is 0 or not finite); *qmax
+ * gets max |qs_j|.  Every word type's table holds the same centroids, so
+ * cent's first 16 are enough. */
+static float table_step(const float *qs, const float *cent, unsigned d, float units, float *qmax)
+{
+	float q = 0, step;
+
+	for (unsigned j = 0; j < d; j++)
+		q = fabsf(qs[j]) > q ? fabsf(qs[j]) : q;
+	step = q * _mm512_reduce_max_ps(_mm512_abs_ps(_mm512_loadu_ps(cent))) / units;
+	*qmax = q;
+	return step > 0 && isfinite(step) ? step : 1.0f;
+}
+
 /* The byte tables of the 4-bit score kernel, per query: for the scaled
  * rotated query qs, T[j][m] = qs_j * c_j[m] = step * (65536 h + 256 m + l)
  * with h a signed byte and m, l unsigned ones (24 bits: an int16 table
@@ -35,18 +50,10 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent, unsigned d, uin
 {
 	const unsigned W = d / 8;
 	const __m512i byte = _mm512_set1_epi32(0xff);
-	float qmax = 0, cmax, step;
-	__m512 inv;
-
-	for (unsigned j = 0; j < d; j++)
-		qmax = fabsf(qs[j]) > qmax ? fabsf(qs[j]) : qmax;
-	/* Every type's table holds the same centroids. */
-	cmax = _mm512_reduce_max_ps(_mm512_abs_ps(_mm512_loadu_ps(cent)));
+	float qmax;
 	/* Below 2^23 by a margin that float rounding of T / step cannot cross. */
-	step = qmax * cmax / 8388352.0f;
-	if (!(step > 0) || !isfinite(step))
-		step = 1.0f;
-	inv = _mm512_set1_ps(1.0f / step);
+	float step = table_step(qs, cent, d, 8388352.0f, &qmax);
+	__m512 inv = _mm512_set1_ps(1.0f / step);
 	for (unsigned w = 0; w < W; w++)
 		for (unsigned half = 0; half < 2; half++)
 			for (unsigned b = 0; b < 4; b++) {
@@ -72,16 +79,10 @@ float attn_tq4_tables_avx512(const float *qs, const float *cent, unsigned d, uin
 float attn_tq4_tables8_avx512(const float *qs, const float *cent, unsigned d, uint8_t *btab, int32_t *bias)
 {
 	const unsigned W = d / 8;
-	float qmax = 0, cmax, step;
-	int32_t sum = 0;
-
-	for (unsigned j = 0; j < d; j++)
-		qmax = fabsf(qs[j]) > qmax ? fabsf(qs[j]) : qmax;
-	cmax = _mm512_reduce_max_ps(_mm512_abs_ps(_mm512_loadu_ps(cent)));
+	float qmax;
 	/* |T| / (step s_j) stays below 127 by a margin for float rounding. */
-	step = qmax * cmax / (126.9f * 127.0f);
-	if (!(step > 0) || !isfinite(step))
-		step = 1.0f;
+	float step = table_step(qs, cent, d, 126.9f * 127.0f, &qmax);
+	int32_t sum = 0;
 	for (unsigned w = 0; w < W; w++)
 		for (unsigned half = 0; half < 2; half++) {
 			uint8_t *tab = btab + (size_t)w * ATTN_TQ4_WORD_TABLE;
