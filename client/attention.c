@@ -549,117 +549,139 @@ static int attend_tail_simd(const struct tqkv_layer_view *v, uint32_t head, cons
 #endif
 }
 
-/* Attends one KV head for one query token at pos with g query heads;
- * the FP16 tail with isa's kernel (AVX-512, AVX2), else the float64 loop. */
-static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
-		       enum kernel kernel, enum cpu_isa isa, uint64_t pos, struct head_state *st, unsigned g, float *out,
-		       float *scratch, uint32_t *idx_scratch)
+/* A head's query rows before their first token: empty sums. */
+static void rows_init(const struct tqkv_layer_view *v, uint32_t head, struct head_state *st, unsigned rows)
 {
-	const bool simd_tail = isa == CPU_ISA_AVX512 || isa == CPU_ISA_AVX2;
 	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
-	unsigned d = v->head_dim, D = kc->d > vc->d ? kc->d : vc->d;
-	uint64_t lo = a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
-	uint64_t published = v->n_blocks * v->block_tokens;
-	float *krow = scratch, *vrow = scratch + D;
-	uint8_t kidx[TQKV_HEAD_DIM_MAX], vidx[TQKV_HEAD_DIM_MAX];
-	int r = 0;
+	unsigned D = kc->d > vc->d ? kc->d : vc->d;
 
-	for (unsigned k = 0; k < g; k++) {
-		st[k].d = d;
+	for (unsigned k = 0; k < rows; k++) {
+		st[k].d = v->head_dim;
 		st[k].d_rot = vc->d;
 		memset(st[k].acc, 0, sizeof(double) * D);
 		if (st[k].acc_rot)
 			memset(st[k].acc_rot, 0, sizeof(double) * D);
 	}
-	if (kernel != KERNEL_PORTABLE) {
-		struct attn_lane_state ls[8];
-		uint64_t t0 = lo / TILE * TILE;
-		struct attn_tile ring[ATTN_LOOKAHEAD + 1];
-		unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
-		struct page_memo memo = { { tqkv_page_size(kc, v->block_tokens), tqkv_page_size(vc, v->block_tokens) },
-					  { false, false }, { { 0 } }, { { 0 } } };
-		float cent16[64], unit8 = 0;
-		int8_t cent8[256] __attribute__((aligned(64)));
-		const float *vcent = vc->cent_hi;
-		bool int8_values = kernel == KERNEL_TQ4_AVX512 && (a->flags & TQKV_ATTN_INT8_VALUES);
+}
 
-		for (unsigned k = 0; k < g; k++)
-			memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
-		if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_NIBBLE_AVX2) {
-			nibble_centroids(vc, cent16);
-			vcent = cent16;
-			if (int8_values)
-				unit8 = nibble_centroids8(cent16, cent8);
-		}
-		/* The first blocks' page metadata, all at once: a short context
-		 * is mostly these misses.  The ring requests the later ones. */
-		for (unsigned stage = 0; stage < 2; stage++)
-			for (uint64_t b = t0 / v->block_tokens; b < t0 / v->block_tokens + 2 * ATTN_LOOKAHEAD + 12; b++)
-				prefetch_block_meta(v, b, head, stage);
-		/* Chunks of up to four tiles inside one block, in a ring: the one
-		 * computed and the ATTN_LOOKAHEAD after it, whose bytes are on
-		 * their way (blocks of one head are not adjacent in memory, so
-		 * the hardware prefetcher alone falls behind). */
-		while (r >= 0 && (queued || (t0 <= pos && t0 < published))) {
-			struct attn_tile *cur = &ring[first];
+/* How many of left query rows one tile kernel call takes: 1, 2 or 4, the
+ * group sizes it is compiled for; further calls on the same chunk find
+ * it in cache.  (Eight rows in one call of the generic kernel ran at
+ * 526 ns per token at 32K, two calls of four at 394-400; three rows at
+ * the speed of three single rows.) */
+static unsigned kernel_rows(unsigned left)
+{
+	return left >= 4 ? 4 : left >= 2 ? 2 : 1;
+}
 
-			while (queued <= ATTN_LOOKAHEAD && t0 <= pos && t0 < published) {
-				unsigned slot = (first + queued) % (ATTN_LOOKAHEAD + 1);
+/* The published tokens [lo, hi] of head for rows query rows with a tile
+ * kernel: chunks of up to four tiles inside one block, in a ring (the one
+ * computed and the ATTN_LOOKAHEAD after it, whose bytes are on their way:
+ * blocks of one head are not adjacent in memory, so the hardware
+ * prefetcher alone falls behind).  The rows' lanes hold this range's
+ * sums, folded into acc_rot at its end: the tail's rescales (and the
+ * next range) see only that. */
+static int attend_pages_tiles(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+			      enum kernel kernel, uint64_t lo, uint64_t hi, struct head_state *st, unsigned rows,
+			      uint32_t *idx_scratch)
+{
+	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
+	uint64_t published = v->n_blocks * v->block_tokens, t0 = lo / TILE * TILE;
+	struct attn_lane_state ls[4];
+	struct attn_tile ring[ATTN_LOOKAHEAD + 1];
+	unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
+	struct page_memo memo = { { tqkv_page_size(kc, v->block_tokens), tqkv_page_size(vc, v->block_tokens) },
+				  { false, false }, { { 0 } }, { { 0 } } };
+	float cent16[64], unit8 = 0;
+	int8_t cent8[256] __attribute__((aligned(64)));
+	const float *vcent = vc->cent_hi;
+	bool int8_values = kernel == KERNEL_TQ4_AVX512 && (a->flags & TQKV_ATTN_INT8_VALUES);
+	int r = 0;
 
-				if (t0 % v->block_tokens == 0) {
-					prefetch_block_meta(v, t0 / v->block_tokens + 2 * ATTN_LOOKAHEAD, head, 0);
-					prefetch_block_meta(v, t0 / v->block_tokens + ATTN_LOOKAHEAD, head, 1);
-				}
-				r = chunk_at(v, head, lo, pos, t0, vcent, idx_scratch, &memo, &ring[slot], &n_tiles[slot]);
-				if (r < 0)
-					return r;
-				ring[slot].vcent8 = int8_values ? cent8 : NULL;
-				ring[slot].vcent8_unit = unit8;
-				prefetch_chunk(&ring[slot], n_tiles[slot], n_chunks++ < ATTN_LOOKAHEAD);
-				t0 += n_tiles[slot] * TILE;
-				queued++;
-			}
-			/* This chunk's kernel requests the one ATTN_LOOKAHEAD after it. */
-			if (queued == ATTN_LOOKAHEAD + 1) {
-				const struct attn_tile *later = &ring[(first + ATTN_LOOKAHEAD) % (ATTN_LOOKAHEAD + 1)];
-				unsigned n = n_tiles[(first + ATTN_LOOKAHEAD) % (ATTN_LOOKAHEAD + 1)];
-
-				cur->ahead[0] = later->kbits[0];
-				cur->ahead[1] = later->vbits[0];
-				cur->ahead_bytes[0] = n * later->tile_bytes;
-				cur->ahead_bytes[1] = n * later->vtile_bytes;
-			}
-			for (unsigned k0 = 0; k0 < g; k0 += 8) {
-				unsigned n = g - k0 < 8 ? g - k0 : 8;
-
-				for (unsigned k = 0; k < n; k++)
-					ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].btab, st[k0 + k].bstep,
-									  st[k0 + k].bbias, st[k0 + k].int8,
-									  st[k0 + k].q_mean, &st[k0 + k].m, &st[k0 + k].l,
-									  st[k0 + k].lanes, &st[k0 + k] };
-				if (kernel == KERNEL_TQ4_AVX512)
-					attn_tile_tq4_avx512(cur, ls, n);
-				else if (kernel == KERNEL_NIBBLE_AVX2)
-					attn_tile_nibbles_avx2(cur, ls, n);
-				else
-					attn_tile_tq_avx512(cur, ls, n);
-			}
-			first = (first + 1) % (ATTN_LOOKAHEAD + 1);
-			queued--;
-		}
-		if (r < 0)
-			return r;
-		for (unsigned k = 0; k < g; k++)
-			lanes_fold(kernel, int8_values, st[k].lanes, vc->d, st[k].acc_rot);
+	if (t0 >= published)
+		return 0;  /* all in the tail (a batch's own tokens, say) */
+	for (unsigned k = 0; k < rows; k++)
+		memset(st[k].lanes, 0, sizeof(float) * 16 * vc->d);
+	if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_NIBBLE_AVX2) {
+		nibble_centroids(vc, cent16);
+		vcent = cent16;
+		if (int8_values)
+			unit8 = nibble_centroids8(cent16, cent8);
 	}
-	/* Published blocks, tile by tile. */
-	for (uint64_t t0 = lo / TILE * TILE; kernel == KERNEL_PORTABLE && t0 <= pos && t0 < published; t0 += TILE) {
+	/* The first blocks' page metadata, all at once: a short context is
+	 * mostly these misses.  The ring requests the later ones. */
+	for (unsigned stage = 0; stage < 2; stage++)
+		for (uint64_t b = t0 / v->block_tokens; b < t0 / v->block_tokens + 2 * ATTN_LOOKAHEAD + 12; b++)
+			prefetch_block_meta(v, b, head, stage);
+	while (queued || (t0 <= hi && t0 < published)) {
+		struct attn_tile *cur = &ring[first];
+
+		while (queued <= ATTN_LOOKAHEAD && t0 <= hi && t0 < published) {
+			unsigned slot = (first + queued) % (ATTN_LOOKAHEAD + 1);
+
+			if (t0 % v->block_tokens == 0) {
+				prefetch_block_meta(v, t0 / v->block_tokens + 2 * ATTN_LOOKAHEAD, head, 0);
+				prefetch_block_meta(v, t0 / v->block_tokens + ATTN_LOOKAHEAD, head, 1);
+			}
+			r = chunk_at(v, head, lo, hi, t0, vcent, idx_scratch, &memo, &ring[slot], &n_tiles[slot]);
+			if (r < 0)
+				return r;
+			ring[slot].vcent8 = int8_values ? cent8 : NULL;
+			ring[slot].vcent8_unit = unit8;
+			prefetch_chunk(&ring[slot], n_tiles[slot], n_chunks++ < ATTN_LOOKAHEAD);
+			t0 += n_tiles[slot] * TILE;
+			queued++;
+		}
+		/* This chunk's kernel requests the one ATTN_LOOKAHEAD after it. */
+		if (queued == ATTN_LOOKAHEAD + 1) {
+			const struct attn_tile *later = &ring[(first + ATTN_LOOKAHEAD) % (ATTN_LOOKAHEAD + 1)];
+			unsigned n = n_tiles[(first + ATTN_LOOKAHEAD) % (ATTN_LOOKAHEAD + 1)];
+
+			cur->ahead[0] = later->kbits[0];
+			cur->ahead[1] = later->vbits[0];
+			cur->ahead_bytes[0] = n * later->tile_bytes;
+			cur->ahead_bytes[1] = n * later->vtile_bytes;
+		}
+		for (unsigned k0 = 0, n; k0 < rows; k0 += n) {
+			n = kernel_rows(rows - k0);
+
+			for (unsigned k = 0; k < n; k++)
+				ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].btab, st[k0 + k].bstep,
+								  st[k0 + k].bbias, st[k0 + k].int8, st[k0 + k].q_mean,
+								  &st[k0 + k].m, &st[k0 + k].l, st[k0 + k].lanes,
+								  &st[k0 + k] };
+			if (kernel == KERNEL_TQ4_AVX512)
+				attn_tile_tq4_avx512(cur, ls, n);
+			else if (kernel == KERNEL_NIBBLE_AVX2)
+				attn_tile_nibbles_avx2(cur, ls, n);
+			else
+				attn_tile_tq_avx512(cur, ls, n);
+		}
+		first = (first + 1) % (ATTN_LOOKAHEAD + 1);
+		queued--;
+	}
+	for (unsigned k = 0; k < rows; k++)
+		lanes_fold(kernel, int8_values, st[k].lanes, vc->d, st[k].acc_rot);
+	return 0;
+}
+
+/* The published tokens [lo, hi] of head for rows query rows, token by
+ * token (the reference). */
+static int attend_pages_portable(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+				 uint64_t lo, uint64_t hi, struct head_state *st, unsigned rows, float *scratch)
+{
+	const struct tqkv_codec *kc = v->codecs[head * 2], *vc = v->codecs[head * 2 + 1];
+	unsigned d = v->head_dim, D = kc->d > vc->d ? kc->d : vc->d;
+	uint64_t published = v->n_blocks * v->block_tokens;
+	float *krow = scratch, *vrow = scratch + D;
+	uint8_t kidx[TQKV_HEAD_DIM_MAX], vidx[TQKV_HEAD_DIM_MAX];
+
+	for (uint64_t t0 = lo / TILE * TILE; t0 <= hi && t0 < published; t0 += TILE) {
 		uint64_t b = t0 / v->block_tokens, in = t0 % v->block_tokens;
 		struct page_ref kp, vp;
 		const uint8_t *kbits, *vbits;
 		const uint16_t *kn, *vn;
-
-		r = page_of(v, b, head, 0, NULL, &kp);
+		int r = page_of(v, b, head, 0, NULL, &kp);
 
 		if (r >= 0)
 			r = page_of(v, b, head, 1, NULL, &vp);
@@ -672,7 +694,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 		for (unsigned t = 0; t < TILE; t++) {
 			uint64_t tok = t0 + t;
 
-			if (tok < lo || tok > pos)
+			if (tok < lo || tok > hi)
 				continue;
 			if (kc->cls != CODEC_CLASS_FP16)
 				codec_unpack_token(&kc->layout, kbits, t, kidx);
@@ -681,7 +703,7 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			if (!is_tq(kc))
 				tile_row(kc, kbits, kn, kidx, t, krow);
 			tile_row(vc, vbits, vn, vidx, t, vrow);
-			for (unsigned k = 0; k < g; k++) {
+			for (unsigned k = 0; k < rows; k++) {
 				double s = tile_score(kc, &st[k], kidx, krow, d);
 
 				/* The table holds scale * q'_j * c[m]; keys add their norm. */
@@ -691,10 +713,31 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			}
 		}
 	}
-	/* The FP16 tail: exact keys see the same shift as centered ones. */
-	if (simd_tail && (r = attend_tail_simd(v, head, a, isa, published > lo ? published : lo, pos, st, g)) < 0)
+	return 0;
+}
+
+/* Tokens [lo, hi] of head for rows query rows that all see them: the
+ * published ones with kernel, the FP16 tail with isa's kernel (AVX-512,
+ * AVX2), else the float64 loop.  Exact keys see the same shift as
+ * centered ones. */
+static int attend_range(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+			enum kernel kernel, enum cpu_isa isa, uint64_t lo, uint64_t hi, struct head_state *st,
+			unsigned rows, float *scratch, uint32_t *idx_scratch)
+{
+	uint64_t published = v->n_blocks * v->block_tokens, tail = published > lo ? published : lo;
+	unsigned d = v->head_dim;
+	float *krow = scratch, *vrow = scratch + TQKV_HEAD_DIM_MAX;
+	int r;
+
+	if (hi < lo)
+		return 0;
+	r = kernel == KERNEL_PORTABLE ? attend_pages_portable(v, head, a, lo, hi, st, rows, scratch)
+				      : attend_pages_tiles(v, head, a, kernel, lo, hi, st, rows, idx_scratch);
+	if (r < 0)
 		return r;
-	for (uint64_t tok = published > lo ? published : lo; !simd_tail && tok <= pos; tok++) {
+	if (isa == CPU_ISA_AVX512 || isa == CPU_ISA_AVX2)
+		return attend_tail_simd(v, head, a, isa, tail, hi, st, rows);
+	for (uint64_t tok = tail; tok <= hi; tok++) {
 		const uint16_t *kr = tqkv_view_tail_row(v, tok, head, 0), *vr = tqkv_view_tail_row(v, tok, head, 1);
 
 		if (!kr || !vr)
@@ -703,9 +746,20 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 			krow[j] = tqkv_f16_to_f32(kr[j]);
 			vrow[j] = tqkv_f16_to_f32(vr[j]);
 		}
-		for (unsigned k = 0; k < g; k++)
+		for (unsigned k = 0; k < rows; k++)
 			online_update(&st[k], a->scale * dot(st[k].q, krow, d), vrow, st[k].acc, d);
 	}
+	return 0;
+}
+
+/* One query token's g rows of head, all tokens seen: the sums
+ * normalised, rotated back and written to out. */
+static void rows_finish(const struct tqkv_layer_view *v, uint32_t head, enum kernel kernel, struct head_state *st,
+			unsigned g, float *out)
+{
+	const struct tqkv_codec *vc = v->codecs[head * 2 + 1];
+	unsigned d = v->head_dim;
+
 	for (unsigned k = 0; k < g; k++) {
 		float *o = out + ((size_t)head * g + k) * d;
 		double inv = st[k].l > 0 ? 1.0 / st[k].l : 0.0;
@@ -724,7 +778,45 @@ static int attend_head(const struct tqkv_layer_view *v, uint32_t head, const str
 				o[j] += y[j];
 		}
 	}
-	return 0;
+}
+
+/* The first token query position pos sees. */
+static uint64_t window_start(const struct tqkv_attn *a, uint64_t pos)
+{
+	return a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
+}
+
+/* Attends head for n query tokens at first_pos .. first_pos + n - 1,
+ * g rows each (st holds n * g, prepared).  The tokens every query sees
+ * are read once for all n * g rows, as one group of n * g query heads
+ * would be; each query then adds the ones only it sees (the batch's own
+ * later tokens, and with a window, earlier ones).  One query is one
+ * range, as before batches were fused. */
+static int attend_queries(const struct tqkv_layer_view *v, uint32_t head, const struct tqkv_attn *a,
+			  enum kernel kernel, enum cpu_isa isa, uint64_t first_pos, unsigned n, struct head_state *st,
+			  unsigned g, float *scratch, uint32_t *idx_scratch)
+{
+	uint64_t last_pos = first_pos + n - 1, common_lo = window_start(a, last_pos);
+	bool shared = common_lo <= first_pos;
+	int r = 0;
+
+	rows_init(v, head, st, n * g);
+	if (shared)
+		r = attend_range(v, head, a, kernel, isa, common_lo, first_pos, st, n * g, scratch, idx_scratch);
+	for (unsigned i = 0; i < n && r >= 0; i++) {
+		uint64_t pos = first_pos + i, lo = window_start(a, pos);
+		struct head_state *rows = st + (size_t)i * g;
+
+		if (!shared) {
+			r = attend_range(v, head, a, kernel, isa, lo, pos, rows, g, scratch, idx_scratch);
+			continue;
+		}
+		if (lo < common_lo)
+			r = attend_range(v, head, a, kernel, isa, lo, common_lo - 1, rows, g, scratch, idx_scratch);
+		if (r >= 0 && pos > first_pos)
+			r = attend_range(v, head, a, kernel, isa, first_pos + 1, pos, rows, g, scratch, idx_scratch);
+	}
+	return r;
 }
 
 /* What a thread needs to attend with up to g query heads per KV head:
@@ -806,12 +898,22 @@ static struct scratch *scratch_get(unsigned g)
 	return s;
 }
 
+/* Query tokens fused into one pass over the tokens they share: as many
+ * as make 8 rows (g query heads of a KV head per token), so that each
+ * chunk serves two kernel calls of four rows while it is in cache.  More
+ * rows would only save bytes, and a pass of 8 rows is compute-bound. */
+static unsigned fused_queries(unsigned g)
+{
+	return g < 8 ? 8 / g : 1;
+}
+
 static void run_job(void *arg)
 {
 	struct kv_job *j = arg;
 	const struct tqkv_layer_view *v = j->v;
-	unsigned g = j->a->n_q_heads / v->n_kv_heads;
-	struct scratch *s = scratch_get(g);
+	const size_t row_floats = (size_t)j->a->n_q_heads * v->head_dim;
+	unsigned g = j->a->n_q_heads / v->n_kv_heads, batch = fused_queries(g);
+	struct scratch *s = scratch_get(g * (j->n_queries < batch ? j->n_queries : batch));
 	struct head_state *st;
 
 	if (!s) {
@@ -819,19 +921,21 @@ static void run_job(void *arg)
 		return;
 	}
 	st = s->st;
-	for (uint32_t i = 0; i < j->n_queries && j->result == 0; i++) {
-		const float *q = j->q + (size_t)i * j->a->n_q_heads * v->head_dim;
-		float *out = j->out + (size_t)i * j->a->n_q_heads * v->head_dim;
+	for (uint32_t h = j->head_first; h < j->head_first + j->head_count && j->result == 0; h++) {
+		bool v_tq = is_tq(v->codecs[h * 2 + 1]);
+		enum kernel kernel = kernel_for(v->codecs[h * 2], v->codecs[h * 2 + 1], j->isa);
 
-		for (uint32_t h = j->head_first; h < j->head_first + j->head_count && j->result == 0; h++) {
-			bool v_tq = is_tq(v->codecs[h * 2 + 1]);
-			enum kernel kernel = kernel_for(v->codecs[h * 2], v->codecs[h * 2 + 1], j->isa);
+		for (uint32_t i0 = 0; i0 < j->n_queries && j->result == 0; i0 += batch) {
+			unsigned n = j->n_queries - i0 < batch ? j->n_queries - i0 : batch;
 
-			for (unsigned k = 0; k < g; k++)
+			for (unsigned k = 0; k < n * g; k++)
 				st[k].acc_rot = v_tq ? s->acc + (size_t)k * 2 * SCRATCH_D + SCRATCH_D : NULL;
-			prepare_queries(v, h, j->a, kernel, q, st, g);
-			j->result = attend_head(v, h, j->a, kernel, j->isa, j->a->position + i, st, g, out,
-						s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
+			for (unsigned i = 0; i < n; i++)
+				prepare_queries(v, h, j->a, kernel, j->q + (i0 + i) * row_floats, st + i * g, g);
+			j->result = attend_queries(v, h, j->a, kernel, j->isa, j->a->position + i0, n, st, g,
+						   s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
+			for (unsigned i = 0; i < n && j->result == 0; i++)
+				rows_finish(v, h, kernel, st + i * g, g, j->out + (i0 + i) * row_floats);
 		}
 	}
 }

@@ -152,10 +152,12 @@ static double rel_error(const float *got, const double *want, size_t n)
 	return sqrt(e / w);
 }
 
-/* One attention call against the reference, for every layer and every
- * kernel this CPU has (the scalar float64 path, AVX2, AVX-512). */
-static void check_all_layers(struct tqkv_seq *s, uint64_t seed, uint64_t pos, unsigned g, uint32_t window,
-			     unsigned threads)
+/* n query tokens at first_pos .. first_pos + n - 1 in one call (of
+ * tqkv_attend_batch(), or of tqkv_attend() for one), each against the
+ * reference at its own position, for every layer and every kernel this
+ * CPU has (the scalar float64 path, AVX2, AVX-512). */
+static void check_batch(struct tqkv_seq *s, uint64_t seed, uint64_t first_pos, unsigned n, unsigned g,
+			uint32_t window, unsigned threads)
 {
 	static const enum tqkv_attn_kernel kernels[] = { TQKV_ATTN_KERNEL_AUTO, TQKV_ATTN_KERNEL_SCALAR,
 							 TQKV_ATTN_KERNEL_AVX2, TQKV_ATTN_KERNEL_AVX512 };
@@ -168,31 +170,45 @@ static void check_all_layers(struct tqkv_seq *s, uint64_t seed, uint64_t pos, un
 
 		cr_assert_eq(tqkv_seq_view(s, l, &v), 0);
 		d = v.head_dim;
-		q = malloc(sizeof(float) * n_q * d);
-		out = malloc(sizeof(float) * n_q * d);
-		ref = malloc(sizeof(double) * n_q * d);
-		queries(seed, pos, l, n_q, d, q);
-		reference(&v, q, n_q, 1.0f / sqrtf((float)d), pos, window, ref);
+		q = malloc(sizeof(float) * n * n_q * d);
+		out = malloc(sizeof(float) * n * n_q * d);
+		ref = malloc(sizeof(double) * n * n_q * d);
+		for (unsigned i = 0; i < n; i++) {
+			queries(seed, first_pos + i, l, n_q, d, q + (size_t)i * n_q * d);
+			reference(&v, q + (size_t)i * n_q * d, n_q, 1.0f / sqrtf((float)d), first_pos + i, window,
+				  ref + (size_t)i * n_q * d);
+		}
 		for (size_t k = 0; k < sizeof(kernels) / sizeof(kernels[0]); k++) {
-			struct tqkv_attn a = { .n_q_heads = n_q, .scale = 1.0f / sqrtf((float)d), .position = pos,
+			struct tqkv_attn a = { .n_q_heads = n_q, .scale = 1.0f / sqrtf((float)d), .position = first_pos,
 					       .window = window, .threads = threads, .kernel = kernels[k] };
-			int r = tqkv_attend(&v, q, &a, out);
+			int r = n == 1 ? tqkv_attend(&v, q, &a, out) : tqkv_attend_batch(&v, q, n, &a, out);
 
 			if (r == -ENOTSUP) {
 				cr_assert_neq(kernels[k], TQKV_ATTN_KERNEL_SCALAR);
 				continue;  /* this CPU lacks the instruction set */
 			}
 			cr_assert_eq(r, 0);
-			cr_assert_lt(rel_error(out, ref, (size_t)n_q * d), 1e-4,
-				     "layer %u pos %llu g %u window %u threads %u kernel %d (published %llu): "
-				     "relative error %g",
-				     l, (unsigned long long)pos, g, window, threads, kernels[k],
-				     (unsigned long long)(v.n_blocks * 64), rel_error(out, ref, (size_t)n_q * d));
+			for (unsigned i = 0; i < n; i++) {
+				double e = rel_error(out + (size_t)i * n_q * d, ref + (size_t)i * n_q * d, (size_t)n_q * d);
+
+				cr_assert_lt(e, 1e-4,
+					     "layer %u query %u of %u at %llu g %u window %u threads %u kernel %d "
+					     "(published %llu): relative error %g",
+					     l, i, n, (unsigned long long)first_pos, g, window, threads, kernels[k],
+					     (unsigned long long)(v.n_blocks * 64), e);
+			}
 		}
 		free(q);
 		free(out);
 		free(ref);
 	}
+}
+
+/* One query token at pos against the reference. */
+static void check_all_layers(struct tqkv_seq *s, uint64_t seed, uint64_t pos, unsigned g, uint32_t window,
+			     unsigned threads)
+{
+	check_batch(s, seed, pos, 1, g, window, threads);
 }
 
 static struct tqkv_client *connect_model(const struct test_daemon *d)
@@ -349,34 +365,40 @@ Test(attention, int8_options_within_their_bound, .timeout = 120)
 	daemon_stop(&d);
 }
 
-/* The batched form equals one call per query position. */
-Test(attention, batch_equals_single_calls, .timeout = 60)
+/* The batched form: its queries share the tokens they all see in one
+ * pass (up to 8 query rows per KV head) and add their own; each must
+ * match the reference at its own position.  Batches inside the tail,
+ * across the published/tail boundary, from position 0, longer than one
+ * fused pass, with windows narrower and wider than the batch. */
+Test(attention, batch_matches_float64_reference, .timeout = 240)
 {
+	static const struct {
+		uint64_t first;
+		unsigned n;
+	} batches[] = { { 289, 11 }, { 250, 12 }, { 0, 3 }, { 120, 1 } };
+	static const uint32_t windows[] = { 0, 5, 100 };
+	uint64_t seed = test_seed();
 	struct test_daemon d;
 	struct tqkv_client *c;
 	struct tqkv_seq *s;
-	struct tqkv_layer_view v;
-	const unsigned n_q = KV_HEADS * 2, d_ = 64, n = 6;
-	float q[6 * KV_HEADS * 2 * 64], batch[6 * KV_HEADS * 2 * 64], single[KV_HEADS * 2 * 64];
 
 	daemon_start(&d, NULL);
 	c = connect_model(&d);
 	cr_assert_eq(tqkv_seq_open(c, &s), 0);
-	append(s, 7, 0, 200, true);
-	cr_assert_eq(tqkv_seq_view(s, 0, &v), 0);
-	gaussian_fill(99, q, n * n_q * d_);
+	append(s, seed, 0, 300, true);  /* 256 published, 44 in the tail */
+	for (size_t b = 0; b < sizeof(batches) / sizeof(batches[0]); b++)
+		for (unsigned g = 1; g <= 8; g *= 2)
+			for (size_t w = 0; w < sizeof(windows) / sizeof(windows[0]); w++)
+				check_batch(s, seed, batches[b].first, batches[b].n, g, windows[w], g % 2 ? 1 : 2);
 	{
-		struct tqkv_attn a = { .n_q_heads = n_q, .scale = 0.125f, .position = 200 - n, .threads = 2 };
+		struct tqkv_layer_view v;
+		float q[2 * KV_HEADS * 64], out[2 * KV_HEADS * 64];
+		struct tqkv_attn a = { .n_q_heads = KV_HEADS, .scale = 0.125f, .position = 299 };
 
-		cr_assert_eq(tqkv_attend_batch(&v, q, n, &a, batch), 0);
-		for (unsigned i = 0; i < n; i++) {
-			a.position = 200 - n + i;
-			a.threads = 1;
-			cr_assert_eq(tqkv_attend(&v, q + i * n_q * d_, &a, single), 0);
-			cr_assert_eq(memcmp(single, batch + i * n_q * d_, sizeof(single)), 0, "query %u", i);
-		}
-		a.position = 200 - n + 1;  /* the last query would be past the end */
-		cr_assert_eq(tqkv_attend_batch(&v, q, n, &a, batch), -EINVAL);
+		cr_assert_eq(tqkv_seq_view(s, 0, &v), 0);
+		gaussian_fill(seed, q, 2 * KV_HEADS * 64);
+		/* the second query would be past the end */
+		cr_assert_eq(tqkv_attend_batch(&v, q, 2, &a, out), -EINVAL);
 	}
 	tqkv_seq_close(s);
 	tqkv_client_free(c);

@@ -67,7 +67,12 @@ TQKV_EXPORT int tqkv_attend(const struct tqkv_layer_view *v, const float *q, con
 /*
  * n query tokens at positions position .. position + n - 1 (a prefill chunk
  * or speculative tokens), each masked causally: query i sees tokens
- * <= position + i.  q and out hold n * n_q_heads * head_dim floats.
+ * <= position + i (and, with a window, > position + i - window).  q and
+ * out hold n * n_q_heads * head_dim floats, token after token.  The tokens
+ * that several queries all see are read once for them (up to 8 query
+ * heads per KV head at a time), so a batch costs less than n calls of
+ * tqkv_attend(); each output equals that call's within float rounding
+ * (the tokens are summed in another order), not bit for bit.
  */
 TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *q, uint32_t n,
 				  const struct tqkv_attn *a, float *out);
