@@ -6,7 +6,8 @@ usage: scripts/attention-ab.py CONTEXT RUNS NAME=COMMAND [NAME=COMMAND ...]
 
 Runs each COMMAND as `COMMAND attention --context=CONTEXT --json`, RUNS
 times in turn, and prints per build and case the minimum FP16 and tqkv ns
-per token and the ratio of the two minima.  Interleaving makes the slow
+per token and the ratio of the two minima (per batch size: a COMMAND
+with --batch=N).  Interleaving makes the slow
 spells of a shared machine hit every build alike.  A COMMAND is split as a
 shell would (no expansion), so it can carry options and another build's
 daemon and library:
@@ -35,15 +36,15 @@ def main(argv):
                                  capture_output=True, text=True, check=True).stdout
             for line in out.splitlines():
                 row = json.loads(line)
-                case = (row["kind"], row["g"], row["threads"])
+                case = (row["kind"], row["g"], row["threads"], row.get("batch", 1))
                 times[case]["fp16:" + name].append(row["fp16_ns_per_token"])
                 times[case][name].append(row["tqkv_ns_per_token"])
-    print("kind g threads  " + "  ".join("%24s" % name for name in builds))
+    print("kind g threads batch  " + "  ".join("%24s" % name for name in builds))
     for case in sorted(times):
         t = times[case]
         cells = ("%7.1f / %6.1f = %.2fx" % (min(t["fp16:" + n]), min(t[n]), min(t["fp16:" + n]) / min(t[n]))
                  for n in builds)
-        print("%-4s %d %d        " % case + "  ".join(cells))
+        print("%-4s %d %-7d %-5d " % case + "  ".join(cells))
 
 
 if __name__ == "__main__":

@@ -353,14 +353,14 @@ static double rel_err(const float *ref, const float *x, size_t n)
 	return sqrt(e / norm);
 }
 
-/* One timed call: the FP16 baseline or tqkv_attend(). */
+/* One timed call: the FP16 baseline or tqkv_attend_batch(). */
 struct call {
 	const struct fp16_cache *fc;
 	const struct tqkv_layer_view *v;
 	const struct tqkv_attn *a;
 	const float *q;
 	float *out;
-	unsigned g, threads;
+	unsigned g, threads, batch;
 	int result;
 };
 
@@ -369,7 +369,7 @@ static void run_call(struct call *c)
 	if (c->fc)
 		fp16_attend(c->fc, c->q, c->g, c->threads, c->out);
 	else
-		c->result = tqkv_attend(c->v, c->q, c->a, c->out);
+		c->result = tqkv_attend_batch(c->v, c->q, c->batch, c->a, c->out);
 }
 
 /* Reads 128 MiB, several times the last-level cache, so that a timed call
@@ -446,29 +446,52 @@ static int fill(struct tqkv_seq *s, struct fp16_cache *fc, uint64_t n)
 	return r < 0 ? r : tqkv_seq_wait(s, n);
 }
 
+/* Floats in each of measure_row()'s six buffers. */
+#define ROW_FLOATS (HEADS * 8 * DIM)
+
+/* Row (h, r) of the FP16 baseline's query rows, rows per KV head, is
+ * query token r / g's query head h * g + r % g in tqkv's batch layout. */
+static size_t batch_offset(unsigned h, unsigned r, unsigned g)
+{
+	return ((size_t)(r / g) * HEADS * g + (size_t)h * g + r % g) * DIM;
+}
+
 /* One row of the table: g query heads per KV head on `threads` threads,
- * tqkv against the FP16 baseline, both checked against the float64
- * reference.  bufs: room for 4 * HEADS * 4 * DIM floats. */
+ * for o->batch query tokens per call (0: 1), tqkv against the FP16
+ * baseline attending all batch * g rows of a KV head in one pass, both
+ * checked against the float64 reference (which lets every row see the
+ * whole context: the batch's earlier queries miss at most 7 of its
+ * tokens, far inside tqkv's bound).  bufs: room for 6 * ROW_FLOATS. */
 static int measure_row(const struct bench_options *o, const struct fp16_cache *fc, const struct tqkv_layer_view *v,
 		       enum tqkv_kind kind, enum tqkv_attn_kernel kernel, unsigned g, unsigned threads,
 		       double page_bytes, double bw, float *bufs)
 {
-	const size_t len = (size_t)HEADS * g * DIM;
-	float *q = bufs, *out = q + len, *out16 = out + len, *ref = out16 + len;
-	struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM), .position = fc->n - 1,
+	const unsigned batch = o->batch ? o->batch : 1, rows = batch * g;
+	const size_t len = (size_t)HEADS * rows * DIM;
+	float *q = bufs, *out16 = q + ROW_FLOATS, *ref = out16 + ROW_FLOATS, *qt = ref + ROW_FLOATS;
+	float *outt = qt + ROW_FLOATS, *out = outt + ROW_FLOATS;
+	struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM), .position = fc->n - batch,
 			       .threads = threads, .kernel = kernel,
 			       .flags = (o->int8_scores ? TQKV_ATTN_INT8_SCORES : 0) |
 					(o->int8_values ? TQKV_ATTN_INT8_VALUES : 0) };
-	struct call base = { .fc = fc, .q = q, .out = out16, .g = g, .threads = threads };
-	struct call ours = { .v = v, .a = &a, .q = q, .out = out };
+	struct call base = { .fc = fc, .q = q, .out = out16, .g = rows, .threads = threads };
+	struct call ours = { .v = v, .a = &a, .q = qt, .out = outt, .batch = batch };
 	double t_fp16, t_tqkv, floor, err, base_err, n = (double)fc->n;
 
+	if (rows > 8 || batch > fc->n)
+		return 0;  /* beyond the baseline's largest group */
 	for (size_t i = 0; i < len; i++)
 		q[i] = (float)((i * 7919) % 200) / 100.0f - 1.0f;
+	for (unsigned h = 0; h < HEADS; h++)
+		for (unsigned r = 0; r < rows; r++)
+			memcpy(qt + batch_offset(h, r, g), q + ((size_t)h * rows + r) * DIM, sizeof(float) * DIM);
 	time_pair(o->quick ? 0.3 : 0.8, &base, &ours, &t_fp16, &t_tqkv);
 	if (ours.result < 0)
 		return ours.result;
-	fp16_reference(fc, q, g, a.scale, ref);
+	for (unsigned h = 0; h < HEADS; h++)
+		for (unsigned r = 0; r < rows; r++)
+			memcpy(out + ((size_t)h * rows + r) * DIM, outt + batch_offset(h, r, g), sizeof(float) * DIM);
+	fp16_reference(fc, q, rows, a.scale, ref);
 	base_err = rel_err(ref, out16, len);
 	err = rel_err(ref, out, len);
 	if (!(base_err <= BASELINE_ERR_MAX) || !(err <= TQKV_ERR_MAX)) {
@@ -480,10 +503,10 @@ static int measure_row(const struct bench_options *o, const struct fp16_cache *f
 	if (o->json)
 		printf("{\"bench\":\"attention\",\"context\":%llu,\"g\":%u,\"threads\":%u,\"kind\":\"%s\","
 		       "\"fp16_ns_per_token\":%.3f,\"tqkv_ns_per_token\":%.3f,\"speedup\":%.3f,\"bw_fraction\":%.3f,"
-		       "\"rel_err\":%.4f,\"scores\":\"%s\",\"values\":\"%s\"}\n",
+		       "\"rel_err\":%.4f,\"scores\":\"%s\",\"values\":\"%s\",\"batch\":%u}\n",
 		       (unsigned long long)fc->n, g, threads, tqkv_kind_to_string(kind), t_fp16 * 1e9 / n,
 		       t_tqkv * 1e9 / n, t_fp16 / t_tqkv, floor / t_tqkv, err, o->int8_scores ? "int8" : "exact",
-		       o->int8_values ? "int8" : "exact");
+		       o->int8_values ? "int8" : "exact", batch);
 	else
 		printf("%-8llu %-4s %-3u %-7u %14.2f %14.2f %8.2fx %9.2f %9.3f\n", (unsigned long long)fc->n,
 		       tqkv_kind_to_string(kind), g, threads, t_fp16 * 1e9 / n, t_tqkv * 1e9 / n, t_fp16 / t_tqkv,
@@ -516,6 +539,8 @@ int bench_attention(const struct bench_options *o)
 	static const enum tqkv_kind kinds[] = { TQKV_KIND_TQ4, TQKV_KIND_TQ3 };
 	const uint64_t *contexts = o->context ? &o->context : o->quick ? contexts_quick : contexts_full;
 	size_t n_contexts = o->context || o->quick ? 1 : 4, n_kinds = o->quick ? 1 : 2;
+	const unsigned groups_default[] = { 1, 4 }, *groups = o->group ? &o->group : groups_default;
+	size_t n_groups = o->group ? 1 : 2;
 	enum tqkv_attn_kernel kernel = TQKV_ATTN_KERNEL_AUTO;
 	double bw[3];
 	float *bufs;
@@ -535,7 +560,11 @@ int bench_attention(const struct bench_options *o)
 		       "%-8s %-4s %-3s %-7s %14s %14s %9s %9s %9s\n",
 		       bw[1] / 1e9, bw[2] / 1e9, "context", "kind", "g", "threads", "fp16 ns/tok", "tqkv ns/tok",
 		       "speedup", "bw frac", "rel err");
-	bufs = malloc(sizeof(float) * 4 * HEADS * 4 * DIM);
+	if (!o->json && o->batch > 1)
+		printf("# %u query tokens per call (tqkv_attend_batch); the FP16 baseline attends their %u * g\n"
+		       "# query rows per KV head in one pass; ns per context token for the whole batch\n",
+		       o->batch, o->batch);
+	bufs = malloc(sizeof(float) * 6 * ROW_FLOATS);
 	if (!bufs)
 		return -ENOMEM;
 	r = bench_daemon_up(&d, "2", "4G");
@@ -573,9 +602,10 @@ int bench_attention(const struct bench_options *o)
 				goto next;
 			/* Bytes tqkv reads per token: both pages of every head. */
 			page_bytes = (double)HEADS * 2 * tqkv_page_size(v.codecs[0], 64) / 64.0;
-			for (unsigned g = 1; g <= 4 && r >= 0; g *= 4)
+			for (size_t gi = 0; gi < n_groups && r >= 0; gi++)
 				for (unsigned threads = 1; threads <= 2 && r >= 0; threads++)
-					r = measure_row(o, &fc, &v, kinds[ki], kernel, g, threads, page_bytes, bw[threads], bufs);
+					r = measure_row(o, &fc, &v, kinds[ki], kernel, groups[gi], threads, page_bytes,
+							bw[threads], bufs);
 next:
 			tqkv_seq_close(s);
 			tqkv_client_free(c);

@@ -11,6 +11,8 @@ struct bench_options {
 	unsigned long context;  /* attention: only this context length (0: all) */
 	bool int8_scores; /* attention: tqkv with TQKV_ATTN_INT8_SCORES */
 	bool int8_values; /* attention: tqkv with TQKV_ATTN_INT8_VALUES */
+	unsigned batch;   /* attention: query tokens per call (0: 1) */
+	unsigned group;   /* attention: only this many query heads per KV head (0: 1 and 4) */
 	const char *dir;  /* snapshot: where the file goes */
 	unsigned clients; /* load: client processes (0: default) */
 	double seconds;   /* load: duration (0: default) */

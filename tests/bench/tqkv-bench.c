@@ -55,6 +55,10 @@ static void help(FILE *f)
 		"  --int8-values  attention: tqkv with 8-bit softmax weights against 8-bit value\n"
 		"                 centroids (TQKV_ATTN_INT8_VALUES, approximate; combines with\n"
 		"                 --int8-scores)\n"
+		"  --g=N          attention: only N query heads per KV head (1..8; default 1 and 4)\n"
+		"  --batch=N      attention: N query tokens per call (1..8): tqkv_attend_batch()\n"
+		"                 at the last N positions against FP16 attending N * g query\n"
+		"                 rows per KV head in one pass (rows over 8 are skipped)\n"
 		"  --dir=DIR      snapshot: where the file goes (default /var/tmp)\n"
 		"  --clients=N    load: client processes (default 32; 8 with --quick)\n"
 		"  --seconds=S    load: duration (default 60; 6 with --quick)\n"
@@ -72,6 +76,8 @@ int main(int argc, char **argv)
 		{ "context", required_argument, NULL, 'c' },
 		{ "int8-scores", no_argument, NULL, '8' },
 		{ "int8-values", no_argument, NULL, 'V' },
+		{ "batch", required_argument, NULL, 'b' },
+		{ "g", required_argument, NULL, 'g' },
 		{ "dir", required_argument, NULL, 'd' },
 		{ "clients", required_argument, NULL, 'C' },
 		{ "seconds", required_argument, NULL, 'S' },
@@ -101,6 +107,21 @@ int main(int argc, char **argv)
 		case 'd':
 			o.dir = optarg;
 			break;
+		case 'b':
+		case 'g': {
+			char *end;
+			unsigned long x;
+
+			errno = 0;
+			x = strtoul(optarg, &end, 10);
+			if (errno || *end || x < 1 || x > 8) {
+				fprintf(stderr, "tqkv-bench: --%s wants a count in 1..8, not '%s'\n", c == 'b' ? "batch" : "g",
+					optarg);
+				return 2;
+			}
+			*(c == 'b' ? &o.batch : &o.group) = (unsigned)x;
+			break;
+		}
 		case 'C':
 			o.clients = (unsigned)strtoul(optarg, NULL, 10);
 			if (o.clients < 1 || o.clients > 256) {
