@@ -5,12 +5,11 @@
 usage: scripts/attention-ab.py CONTEXT RUNS NAME=COMMAND [NAME=COMMAND ...]
 
 Runs each COMMAND as `COMMAND attention --context=CONTEXT --json`, RUNS
-times in turn, and prints per build and case the minimum FP16 and tqkv ns
-per token and the ratio of the two minima (per batch size: a COMMAND
-with --batch=N).  Interleaving makes the slow
-spells of a shared machine hit every build alike.  A COMMAND is split as a
-shell would (no expansion), so it can carry options and another build's
-daemon and library:
+times in turn, and prints per build and case (kind, g, threads, batch)
+the minimum FP16 and tqkv ns per token and the ratio of the two minima.
+Interleaving makes the slow spells of a shared machine hit every build
+alike.  A COMMAND is split as a shell would (no expansion), so it can
+carry options (--batch=4, --g=8) and another build's daemon and library:
 
   scripts/attention-ab.py 32768 5 exact=build/tests/bench/tqkv-bench \
       "both=build/tests/bench/tqkv-bench --int8-scores --int8-values" \
