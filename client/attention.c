@@ -832,6 +832,8 @@ struct scratch {
 	float *lanes;
 	uint8_t *btab;
 	uint32_t *idx;        /* unpacked indices of a chunk, K and V */
+	double *parts;        /* the caller's: its parts' sums (split_ranges()) */
+	size_t parts_cap;     /* doubles */
 };
 
 #define SCRATCH_D TQKV_HEAD_DIM_MAX
@@ -854,6 +856,7 @@ static void scratch_free(void *p)
 	free(s->lanes);
 	free(s->btab);
 	free(s->idx);
+	free(s->parts);
 	free(s);
 }
 
@@ -898,6 +901,18 @@ static struct scratch *scratch_get(unsigned g)
 	return s;
 }
 
+/* The first rows of s for KV head head of v: with TurboQuant values,
+ * each gets its rotated-domain sums. */
+static struct head_state *scratch_rows(struct scratch *s, const struct tqkv_layer_view *v, uint32_t head,
+				       unsigned rows)
+{
+	bool v_tq = is_tq(v->codecs[head * 2 + 1]);
+
+	for (unsigned k = 0; k < rows; k++)
+		s->st[k].acc_rot = v_tq ? s->acc + (size_t)k * 2 * SCRATCH_D + SCRATCH_D : NULL;
+	return s->st;
+}
+
 /* Query tokens fused into one pass over the tokens they share: as many
  * as make 8 rows (g query heads of a KV head per token), so that each
  * chunk serves two kernel calls of four rows while it is in cache.  More
@@ -914,22 +929,18 @@ static void run_job(void *arg)
 	const size_t row_floats = (size_t)j->a->n_q_heads * v->head_dim;
 	unsigned g = j->a->n_q_heads / v->n_kv_heads, batch = fused_queries(g);
 	struct scratch *s = scratch_get(g * (j->n_queries < batch ? j->n_queries : batch));
-	struct head_state *st;
 
 	if (!s) {
 		j->result = -ENOMEM;
 		return;
 	}
-	st = s->st;
 	for (uint32_t h = j->head_first; h < j->head_first + j->head_count && j->result == 0; h++) {
-		bool v_tq = is_tq(v->codecs[h * 2 + 1]);
 		enum kernel kernel = kernel_for(v->codecs[h * 2], v->codecs[h * 2 + 1], j->isa);
 
 		for (uint32_t i0 = 0; i0 < j->n_queries && j->result == 0; i0 += batch) {
 			unsigned n = j->n_queries - i0 < batch ? j->n_queries - i0 : batch;
+			struct head_state *st = scratch_rows(s, v, h, n * g);
 
-			for (unsigned k = 0; k < n * g; k++)
-				st[k].acc_rot = v_tq ? s->acc + (size_t)k * 2 * SCRATCH_D + SCRATCH_D : NULL;
 			for (unsigned i = 0; i < n; i++)
 				prepare_queries(v, h, j->a, kernel, j->q + (i0 + i) * row_floats, st + i * g, g);
 			j->result = attend_queries(v, h, j->a, kernel, j->isa, j->a->position + i0, n, st, g,
@@ -940,10 +951,150 @@ static void run_job(void *arg)
 	}
 }
 
+/* One query's tokens [from, to) of one KV head, a part of them: its g
+ * rows' sums, not yet normalised, go to sums (PART_ROW doubles per row:
+ * m, l, acc, acc_rot). */
+struct part_job {
+	const struct tqkv_layer_view *v;
+	const struct tqkv_attn *a;
+	enum cpu_isa isa;
+	const float *q;
+	uint32_t head;
+	uint64_t from, to;
+	double *sums;
+	int result;
+};
+
+#define PART_ROW (2 + 2 * SCRATCH_D)
+
+static void run_part(void *arg)
+{
+	struct part_job *j = arg;
+	const struct tqkv_layer_view *v = j->v;
+	unsigned g = j->a->n_q_heads / v->n_kv_heads;
+	enum kernel kernel = kernel_for(v->codecs[j->head * 2], v->codecs[j->head * 2 + 1], j->isa);
+	struct scratch *s = scratch_get(g);
+	struct head_state *st;
+
+	if (!s) {
+		j->result = -ENOMEM;
+		return;
+	}
+	st = scratch_rows(s, v, j->head, g);
+	prepare_queries(v, j->head, j->a, kernel, j->q, st, g);
+	rows_init(v, j->head, st, g);
+	if (j->to > j->from)
+		j->result = attend_range(v, j->head, j->a, kernel, j->isa, j->from, j->to - 1, st, g,
+					 s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
+	for (unsigned k = 0; k < g; k++) {
+		double *row = j->sums + (size_t)k * PART_ROW;
+
+		row[0] = st[k].m;
+		row[1] = st[k].l;
+		memcpy(row + 2, st[k].acc, sizeof(double) * st[k].d);
+		if (st[k].acc_rot)
+			memcpy(row + 2 + SCRATCH_D, st[k].acc_rot, sizeof(double) * st[k].d_rot);
+	}
+}
+
+/* Parts per KV head when a call asks for more threads than there are KV
+ * heads (one query): each head's tokens are cut into that many ranges,
+ * attended on their own threads and merged by their maxima
+ * (flash-decoding), each at least PART_ROWS_MIN tokens times query heads,
+ * so that a thread's wake-up (microseconds in a VM) stays small beside
+ * its share.  With one KV head (ns per token, one part -> two): 1K tokens
+ * and one query head 9.3 -> 11.4, with four 27.1-27.8 -> 26.7-34.3; 2K
+ * with four 25.8 -> 18.6; 32K with one 8.4 -> 5.0.  1: split by heads. */
+#define PART_ROWS_MIN 4096
+
+static unsigned parts_per_head(const struct tqkv_layer_view *v, const struct tqkv_attn *a, uint32_t n,
+			       unsigned threads)
+{
+	uint64_t lo = window_start(a, a->position), tokens = a->position + 1 - lo, parts = threads / v->n_kv_heads;
+	uint64_t most = tokens * (a->n_q_heads / v->n_kv_heads) / PART_ROWS_MIN;
+
+	if (n != 1 || parts < 2)
+		return 1;
+	if (parts > most)
+		parts = most;
+	return parts < 2 ? 1 : (unsigned)parts;
+}
+
+/* Where part p of parts of tokens [lo, lo + tokens) starts: at a block
+ * boundary, so that no page is read by two parts (non-decreasing in p). */
+static uint64_t part_cut(const struct tqkv_layer_view *v, uint64_t lo, uint64_t tokens, unsigned p, unsigned parts)
+{
+	uint64_t B = v->block_tokens ? v->block_tokens : 1, at = (lo + tokens * p / parts) / B * B;
+
+	return p == 0 || at < lo ? lo : p == parts ? lo + tokens : at;
+}
+
+/* One query on parts threads per KV head (parts_per_head()): the parts'
+ * sums meet in the caller's scratch, are merged per row and finished. */
+static int split_ranges(const struct tqkv_layer_view *v, const float *q, const struct tqkv_attn *a,
+			enum cpu_isa isa, unsigned parts, float *out)
+{
+	unsigned g = a->n_q_heads / v->n_kv_heads, n_jobs = v->n_kv_heads * parts;
+	uint64_t lo = window_start(a, a->position), tokens = a->position + 1 - lo;
+	size_t need = (size_t)n_jobs * g * PART_ROW;
+	struct scratch *s = scratch_get(g);
+	struct part_job jobs[64];
+	int r = 0;
+
+	if (!s)
+		return -ENOMEM;
+	if (s->parts_cap < need) {
+		double *p = realloc(s->parts, sizeof(double) * need);
+
+		if (!p)
+			return -ENOMEM;
+		s->parts = p;
+		s->parts_cap = need;
+	}
+	for (unsigned i = 0; i < n_jobs; i++) {
+		unsigned h = i / parts, part = i % parts;
+
+		jobs[i] = (struct part_job){ v, a, isa, q, h, part_cut(v, lo, tokens, part, parts),
+					     part_cut(v, lo, tokens, part + 1, parts), s->parts + (size_t)i * g * PART_ROW,
+					     0 };
+	}
+	attn_pool_run(run_part, jobs, sizeof(jobs[0]), n_jobs);
+	for (unsigned i = 0; i < n_jobs; i++)
+		if (jobs[i].result < 0)
+			r = jobs[i].result;
+	/* The caller's own part is done, so its scratch is free for the merge. */
+	for (uint32_t h = 0; h < v->n_kv_heads && r == 0; h++) {
+		enum kernel kernel = kernel_for(v->codecs[h * 2], v->codecs[h * 2 + 1], isa);
+		struct head_state *st = scratch_rows(s, v, h, g);
+
+		rows_init(v, h, st, g);
+		for (unsigned k = 0; k < g; k++) {
+			double m = -INFINITY;
+
+			for (unsigned part = 0; part < parts; part++)
+				m = fmax(m, s->parts[((size_t)(h * parts + part) * g + k) * PART_ROW]);
+			st[k].m = m;
+			st[k].l = 0;
+			for (unsigned part = 0; part < parts; part++) {
+				const double *row = s->parts + ((size_t)(h * parts + part) * g + k) * PART_ROW;
+				double f = row[1] > 0 ? exp(row[0] - m) : 0;
+
+				st[k].l += f * row[1];
+				for (unsigned j = 0; j < st[k].d; j++)
+					st[k].acc[j] += f * row[2 + j];
+				for (unsigned j = 0; st[k].acc_rot && j < st[k].d_rot; j++)
+					st[k].acc_rot[j] += f * row[2 + SCRATCH_D + j];
+			}
+		}
+		rows_finish(v, h, kernel, st, g, out);
+	}
+	return r;
+}
+
 TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *q, uint32_t n,
 				  const struct tqkv_attn *a, float *out)
 {
-	unsigned threads;
+	unsigned threads, parts;
 	enum cpu_isa isa;
 	struct kv_job jobs[64];
 	int r = 0;
@@ -956,10 +1107,13 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 	if (isa == CPU_ISA_MAX)
 		return -ENOTSUP;
 	threads = a->threads ? a->threads : 1;
-	if (threads > v->n_kv_heads)
-		threads = v->n_kv_heads;
 	if (threads > 64)
 		threads = 64;
+	parts = parts_per_head(v, a, n, threads);
+	if (parts > 1)
+		return split_ranges(v, q, a, isa, parts, out);
+	if (threads > v->n_kv_heads)
+		threads = v->n_kv_heads;
 	/* Split over KV heads: each thread owns whole groups, no merge needed. */
 	for (unsigned i = 0; i < threads; i++) {
 		uint32_t first = v->n_kv_heads * i / threads, last = v->n_kv_heads * (i + 1) / threads;

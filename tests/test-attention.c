@@ -221,7 +221,8 @@ static struct tqkv_client *connect_model(const struct test_daemon *d)
 }
 
 /* Tail only (< one block), one block exactly (pages only), partial tiles,
- * and a longer sequence; GQA 1, 2, 4, 8; windows; 1 and 2 threads. */
+ * and a longer sequence; GQA 1, 2, 4, 8; windows; 1 and 2 threads, and
+ * more threads than KV heads. */
 Test(attention, matches_float64_reference, .timeout = 240)
 {
 	static const uint64_t lengths[] = { 1, 15, 64, 100, 1000 };
@@ -242,6 +243,9 @@ Test(attention, matches_float64_reference, .timeout = 240)
 		check_all_layers(s, seed, n - 1, 2, 37, 1);
 		if (n > 20)
 			check_all_layers(s, seed, n / 2, 4, 0, 2);  /* a position before the end */
+		/* More threads than KV heads, too little work to split a head's
+		 * tokens: split by heads (long_context_40000_tokens splits). */
+		check_all_layers(s, seed, n - 1, 8, 0, 8);
 		cr_assert_eq(tqkv_seq_close(s), 0);
 	}
 	tqkv_client_free(c);
@@ -261,6 +265,10 @@ Test(attention, long_context_40000_tokens, .timeout = 300)
 	append(s, seed, 0, 40000, true);
 	check_all_layers(s, seed, 39999, 4, 0, 2);
 	check_all_layers(s, seed, 39999, 1, 4096, 1);
+	/* More threads than KV heads: each head's tokens in 3 parts, and in 4
+	 * parts of a window, merged. */
+	check_all_layers(s, seed, 39999, 2, 0, 6);
+	check_all_layers(s, seed, 39999, 4, 10000, 8);
 	tqkv_seq_close(s);
 	tqkv_client_free(c);
 	daemon_stop(&d);

@@ -51,7 +51,13 @@ struct tqkv_attn {
 	float scale;          /* softmax scale, usually 1 / sqrt(head_dim) */
 	uint64_t position;    /* the (first) query's position: it sees tokens <= position */
 	uint32_t window;      /* sliding window: tokens > position - window (0 = all) */
-	unsigned threads;     /* worker threads for this call (0 or 1: the caller's only) */
+	/* Threads for this call (0 or 1: the caller's only), up to 64.  They
+	 * split the KV heads; where there are more threads than KV heads (a
+	 * layer with one or two, say), one query's tokens of each head are
+	 * split into ranges instead (each at least 4096 tokens times query
+	 * heads per KV head, else fewer threads work), merged by their
+	 * softmax maxima. */
+	unsigned threads;
 	enum tqkv_attn_kernel kernel;  /* 0: automatic; a kernel this CPU lacks: -ENOTSUP */
 	uint32_t flags;       /* enum tqkv_attn_flag; 0: exact (an unknown flag: -EINVAL) */
 };
