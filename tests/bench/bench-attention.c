@@ -27,7 +27,7 @@
 #include "bench.h"
 #include "bench-daemon.h"
 
-#define HEADS 8
+#define HEADS_MAX 8
 #define DIM 128
 #define CHUNK 64
 /* How far ahead the FP16 baseline requests its K and V rows, into L2:
@@ -39,6 +39,7 @@
 
 struct fp16_cache {
 	uint64_t n;
+	unsigned heads;    /* KV heads (--kv-heads; 8) */
 	uint16_t *k, *v;   /* [head][token][DIM] */
 };
 
@@ -139,8 +140,13 @@ static __mmask16 tail_mask(unsigned n, unsigned t)
  * chunk, the softmax 16 tokens at a time with libtqkv's own vector exp
  * (scalar expf cost this baseline 15-20% at g = 4), then the values with
  * the group's accumulators in registers. */
+/* FP16 attention of KV head h's g query rows over tokens [from, to): the
+ * normalised outputs to out, or with part, each row's max, sum and
+ * unnormalised accumulators there (2 + DIM floats per row) for
+ * fp16_merge(). */
 __attribute__((target("avx512f,f16c,fma"))) static void fp16_head(const struct fp16_cache *c, unsigned h,
-								   const float *q, unsigned g, float scale, float *out)
+								   const float *q, unsigned g, float scale, uint64_t from,
+								   uint64_t to, float *out, float *part)
 {
 	const uint16_t *K = c->k + (size_t)h * c->n * DIM, *V = c->v + (size_t)h * c->n * DIM;
 	/* Dimension blocks per pass over a chunk's values: 8 * g accumulators
@@ -159,8 +165,8 @@ __attribute__((target("avx512f,f16c,fma"))) static void fp16_head(const struct f
 		m[k] = -INFINITY;
 		l[k] = 0;
 	}
-	for (uint64_t t0 = 0; t0 < c->n; t0 += CHUNK) {
-		unsigned n = c->n - t0 < CHUNK ? (unsigned)(c->n - t0) : CHUNK;
+	for (uint64_t t0 = from; t0 < to; t0 += CHUNK) {
+		unsigned n = to - t0 < CHUNK ? (unsigned)(to - t0) : CHUNK;
 
 		for (unsigned t16 = 0; t16 < n; t16 += 16) {
 			for (unsigned t = 0; t < 16; t++) {
@@ -220,17 +226,44 @@ __attribute__((target("avx512f,f16c,fma"))) static void fp16_head(const struct f
 				}
 			}
 	}
-	for (unsigned k = 0; k < g; k++)
+	for (unsigned k = 0; k < g; k++) {
+		float *row = part ? part + k * (2 + DIM) : NULL;
+
+		if (row) {
+			row[0] = m[k];
+			row[1] = l[k];
+		}
 		for (unsigned r = 0; r < DIM / 16; r++)
-			_mm512_storeu_ps(out + k * DIM + 16 * r, _mm512_mul_ps(acc[k][r], _mm512_set1_ps(1.0f / l[k])));
+			if (row)
+				_mm512_storeu_ps(row + 2 + 16 * r, acc[k][r]);
+			else
+				_mm512_storeu_ps(out + k * DIM + 16 * r, _mm512_mul_ps(acc[k][r], _mm512_set1_ps(1.0f / l[k])));
+	}
 }
 
+/* The outputs of g rows from two parts of their tokens (fp16_head()). */
+static void fp16_merge(const float *a, const float *b, unsigned g, float *out)
+{
+	for (unsigned k = 0; k < g; k++) {
+		const float *x = a + k * (2 + DIM), *y = b + k * (2 + DIM);
+		float m = x[0] > y[0] ? x[0] : y[0], fx = expf(x[0] - m), fy = expf(y[0] - m);
+		float inv = 1.0f / (fx * x[1] + fy * y[1]);
+
+		for (unsigned i = 0; i < DIM; i++)
+			out[k * DIM + i] = (fx * x[2 + i] + fy * y[2 + i]) * inv;
+	}
+}
+
+/* KV heads [first, first + count) of a call, or with part, the tokens
+ * [from, to) of head first. */
 struct fp16_job {
 	const struct fp16_cache *c;
 	const float *q;
 	float *out;
 	unsigned g, first, count;
 	float scale;
+	uint64_t from, to;
+	float *part;
 };
 
 static void *fp16_run(void *arg)
@@ -238,7 +271,8 @@ static void *fp16_run(void *arg)
 	struct fp16_job *j = arg;
 
 	for (unsigned h = j->first; h < j->first + j->count; h++)
-		fp16_head(j->c, h, j->q + (size_t)h * j->g * DIM, j->g, j->scale, j->out + (size_t)h * j->g * DIM);
+		fp16_head(j->c, h, j->q + (size_t)h * j->g * DIM, j->g, j->scale, j->part ? j->from : 0,
+			  j->part ? j->to : j->c->n, j->out + (size_t)h * j->g * DIM, j->part);
 	return NULL;
 }
 
@@ -266,12 +300,19 @@ static void *helper_main(void *unused)
 	return NULL;
 }
 
+/* The baseline on 1 or 2 threads: split over KV heads, or with one KV
+ * head over its tokens (two halves merged), as libtqkv splits. */
 static void fp16_attend(const struct fp16_cache *c, const float *q, unsigned g, unsigned threads, float *out)
 {
-	struct fp16_job jobs[2];
+	struct fp16_job jobs[2] = { { 0 } };
+	float parts[2][8 * (2 + DIM)];  /* up to 8 rows */
+	bool split = threads > 1 && c->heads == 1;
 
 	for (unsigned i = 0; i < threads; i++)
-		jobs[i] = (struct fp16_job){ c, q, out, g, HEADS * i / threads, HEADS / threads, 1.0f / sqrtf(DIM) };
+		jobs[i] = (struct fp16_job){ c, q, out, g, split ? 0 : c->heads * i / threads,
+					     split ? 1 : c->heads * (i + 1) / threads - c->heads * i / threads,
+					     1.0f / sqrtf(DIM), i ? c->n / 2 / CHUNK * CHUNK : 0, i ? c->n : c->n / 2 / CHUNK * CHUNK,
+					     split ? parts[i] : NULL };
 	if (threads > 1) {
 		pthread_mutex_lock(&helper.lock);
 		if (!helper.started) {
@@ -296,6 +337,8 @@ static void fp16_attend(const struct fp16_cache *c, const float *q, unsigned g, 
 			pthread_cond_wait(&helper.cond, &helper.lock);
 		pthread_mutex_unlock(&helper.lock);
 	}
+	if (split)
+		fp16_merge(parts[0], parts[1], g, out);
 }
 
 /* ---- the benchmark ------------------------------------------------------ */
@@ -316,7 +359,7 @@ static void fp16_reference(const struct fp16_cache *c, const float *q, unsigned 
 
 	if (!sc)
 		abort();
-	for (unsigned qh = 0; qh < HEADS * g; qh++) {
+	for (unsigned qh = 0; qh < c->heads * g; qh++) {
 		const uint16_t *K = c->k + (size_t)(qh / g) * c->n * DIM, *V = c->v + (size_t)(qh / g) * c->n * DIM;
 		double m = -INFINITY, l = 0;
 
@@ -416,17 +459,17 @@ static void time_pair(double budget, struct call *a, struct call *b, double *ret
 
 static int fill(struct tqkv_seq *s, struct fp16_cache *fc, uint64_t n)
 {
-	uint16_t k[HEADS * DIM], v[HEADS * DIM];
+	uint16_t k[HEADS_MAX * DIM], v[HEADS_MAX * DIM];
 	uint64_t state = 0x5eed;
 	int r;
 
 	for (uint64_t t = 0; t < n; t++) {
-		for (unsigned i = 0; i < HEADS * DIM; i++) {
+		for (unsigned i = 0; i < fc->heads * DIM; i++) {
 			state = state * 6364136223846793005ull + 1442695040888963407ull;
 			k[i] = tqkv_f32_to_f16((float)(int)(state >> 52) / 1024.0f - 2.0f);
 			v[i] = tqkv_f32_to_f16((float)(int)((state >> 40) & 4095) / 1024.0f - 2.0f);
 		}
-		for (unsigned h = 0; h < HEADS; h++) {
+		for (unsigned h = 0; h < fc->heads; h++) {
 			memcpy(fc->k + ((size_t)h * n + t) * DIM, k + h * DIM, DIM * 2);
 			memcpy(fc->v + ((size_t)h * n + t) * DIM, v + h * DIM, DIM * 2);
 		}
@@ -447,13 +490,13 @@ static int fill(struct tqkv_seq *s, struct fp16_cache *fc, uint64_t n)
 }
 
 /* Floats in each of measure_row()'s six buffers. */
-#define ROW_FLOATS (HEADS * 8 * DIM)
+#define ROW_FLOATS (HEADS_MAX * 8 * DIM)
 
 /* Row (h, r) of the FP16 baseline's query rows, rows per KV head, is
  * query token r / g's query head h * g + r % g in tqkv's batch layout. */
-static size_t batch_offset(unsigned h, unsigned r, unsigned g)
+static size_t batch_offset(unsigned heads, unsigned h, unsigned r, unsigned g)
 {
-	return ((size_t)(r / g) * HEADS * g + (size_t)h * g + r % g) * DIM;
+	return ((size_t)(r / g) * heads * g + (size_t)h * g + r % g) * DIM;
 }
 
 /* One row of the table: g query heads per KV head on `threads` threads,
@@ -467,10 +510,10 @@ static int measure_row(const struct bench_options *o, const struct fp16_cache *f
 		       double page_bytes, double bw, float *bufs)
 {
 	const unsigned batch = o->batch ? o->batch : 1, rows = batch * g;
-	const size_t len = (size_t)HEADS * rows * DIM;
+	const size_t len = (size_t)fc->heads * rows * DIM;
 	float *q = bufs, *out16 = q + ROW_FLOATS, *ref = out16 + ROW_FLOATS, *qt = ref + ROW_FLOATS;
 	float *outt = qt + ROW_FLOATS, *out = outt + ROW_FLOATS;
-	struct tqkv_attn a = { .n_q_heads = HEADS * g, .scale = 1.0f / sqrtf(DIM), .position = fc->n - batch,
+	struct tqkv_attn a = { .n_q_heads = fc->heads * g, .scale = 1.0f / sqrtf(DIM), .position = fc->n - batch,
 			       .threads = threads, .kernel = kernel,
 			       .flags = (o->int8_scores ? TQKV_ATTN_INT8_SCORES : 0) |
 					(o->int8_values ? TQKV_ATTN_INT8_VALUES : 0) };
@@ -482,15 +525,15 @@ static int measure_row(const struct bench_options *o, const struct fp16_cache *f
 		return 0;  /* beyond the baseline's largest group */
 	for (size_t i = 0; i < len; i++)
 		q[i] = (float)((i * 7919) % 200) / 100.0f - 1.0f;
-	for (unsigned h = 0; h < HEADS; h++)
+	for (unsigned h = 0; h < fc->heads; h++)
 		for (unsigned r = 0; r < rows; r++)
-			memcpy(qt + batch_offset(h, r, g), q + ((size_t)h * rows + r) * DIM, sizeof(float) * DIM);
+			memcpy(qt + batch_offset(fc->heads, h, r, g), q + ((size_t)h * rows + r) * DIM, sizeof(float) * DIM);
 	time_pair(o->quick ? 0.3 : 0.8, &base, &ours, &t_fp16, &t_tqkv);
 	if (ours.result < 0)
 		return ours.result;
-	for (unsigned h = 0; h < HEADS; h++)
+	for (unsigned h = 0; h < fc->heads; h++)
 		for (unsigned r = 0; r < rows; r++)
-			memcpy(out + ((size_t)h * rows + r) * DIM, outt + batch_offset(h, r, g), sizeof(float) * DIM);
+			memcpy(out + ((size_t)h * rows + r) * DIM, outt + batch_offset(fc->heads, h, r, g), sizeof(float) * DIM);
 	fp16_reference(fc, q, rows, a.scale, ref);
 	base_err = rel_err(ref, out16, len);
 	err = rel_err(ref, out, len);
@@ -503,10 +546,10 @@ static int measure_row(const struct bench_options *o, const struct fp16_cache *f
 	if (o->json)
 		printf("{\"bench\":\"attention\",\"context\":%llu,\"g\":%u,\"threads\":%u,\"kind\":\"%s\","
 		       "\"fp16_ns_per_token\":%.3f,\"tqkv_ns_per_token\":%.3f,\"speedup\":%.3f,\"bw_fraction\":%.3f,"
-		       "\"rel_err\":%.4f,\"scores\":\"%s\",\"values\":\"%s\",\"batch\":%u}\n",
+		       "\"rel_err\":%.4f,\"scores\":\"%s\",\"values\":\"%s\",\"batch\":%u,\"kv_heads\":%u}\n",
 		       (unsigned long long)fc->n, g, threads, tqkv_kind_to_string(kind), t_fp16 * 1e9 / n,
 		       t_tqkv * 1e9 / n, t_fp16 / t_tqkv, floor / t_tqkv, err, o->int8_scores ? "int8" : "exact",
-		       o->int8_values ? "int8" : "exact", batch);
+		       o->int8_values ? "int8" : "exact", batch, fc->heads);
 	else
 		printf("%-8llu %-4s %-3u %-7u %14.2f %14.2f %8.2fx %9.2f %9.3f\n", (unsigned long long)fc->n,
 		       tqkv_kind_to_string(kind), g, threads, t_fp16 * 1e9 / n, t_tqkv * 1e9 / n, t_fp16 / t_tqkv,
@@ -540,6 +583,7 @@ int bench_attention(const struct bench_options *o)
 	const uint64_t *contexts = o->context ? &o->context : o->quick ? contexts_quick : contexts_full;
 	size_t n_contexts = o->context || o->quick ? 1 : 4, n_kinds = o->quick ? 1 : 2;
 	const unsigned groups_default[] = { 1, 4 }, *groups = o->group ? &o->group : groups_default;
+	const unsigned heads = o->kv_heads ? o->kv_heads : HEADS_MAX;
 	size_t n_groups = o->group ? 1 : 2;
 	enum tqkv_attn_kernel kernel = TQKV_ATTN_KERNEL_AUTO;
 	double bw[3];
@@ -564,6 +608,8 @@ int bench_attention(const struct bench_options *o)
 		printf("# %u query tokens per call (tqkv_attend_batch); the FP16 baseline attends their %u * g\n"
 		       "# query rows per KV head in one pass; ns per context token for the whole batch\n",
 		       o->batch, o->batch);
+	if (!o->json && o->kv_heads)
+		printf("# %u KV heads (head_dim %u)\n", heads, DIM);
 	bufs = malloc(sizeof(float) * 6 * ROW_FLOATS);
 	if (!bufs)
 		return -ENOMEM;
@@ -575,11 +621,11 @@ int bench_attention(const struct bench_options *o)
 	for (size_t ki = 0; ki < n_kinds && r >= 0; ki++)
 		for (size_t ci = 0; ci < n_contexts && r >= 0; ci++) {
 			uint64_t n = contexts[ci];
-			struct tqkv_layer_desc layer = { .n_kv_heads = HEADS, .head_dim = DIM, .kv_source = -1,
+			struct tqkv_layer_desc layer = { .n_kv_heads = heads, .head_dim = DIM, .kv_source = -1,
 							 .k_kind = kinds[ki], .v_kind = kinds[ki] };
 			struct tqkv_model m = { .fingerprint = 0xa7, .n_layers = 1, .layers = &layer,
 						.staging_tokens = 512, .max_sequences = 1 };
-			struct fp16_cache fc = { n, malloc(n * HEADS * DIM * 2), malloc(n * HEADS * DIM * 2) };
+			struct fp16_cache fc = { n, heads, malloc(n * heads * DIM * 2), malloc(n * heads * DIM * 2) };
 			struct tqkv_client *c = NULL;
 			struct tqkv_seq *s = NULL;
 			struct tqkv_layer_view v;
@@ -601,7 +647,7 @@ int bench_attention(const struct bench_options *o)
 			if (r < 0)
 				goto next;
 			/* Bytes tqkv reads per token: both pages of every head. */
-			page_bytes = (double)HEADS * 2 * tqkv_page_size(v.codecs[0], 64) / 64.0;
+			page_bytes = (double)heads * 2 * tqkv_page_size(v.codecs[0], 64) / 64.0;
 			for (size_t gi = 0; gi < n_groups && r >= 0; gi++)
 				for (unsigned threads = 1; threads <= 2 && r >= 0; threads++)
 					r = measure_row(o, &fc, &v, kinds[ki], kernel, groups[gi], threads, page_bytes,

@@ -13,6 +13,7 @@ struct bench_options {
 	bool int8_values; /* attention: tqkv with TQKV_ATTN_INT8_VALUES */
 	unsigned batch;   /* attention: query tokens per call (0: 1) */
 	unsigned group;   /* attention: only this many query heads per KV head (0: 1 and 4) */
+	unsigned kv_heads; /* attention: KV heads of the layer (0: 8) */
 	const char *dir;  /* snapshot: where the file goes */
 	unsigned clients; /* load: client processes (0: default) */
 	double seconds;   /* load: duration (0: default) */

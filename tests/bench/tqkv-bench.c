@@ -56,6 +56,8 @@ static void help(FILE *f)
 		"                 centroids (TQKV_ATTN_INT8_VALUES, approximate; combines with\n"
 		"                 --int8-scores)\n"
 		"  --g=N          attention: only N query heads per KV head (1..8; default 1 and 4)\n"
+		"  --kv-heads=N   attention: KV heads of the layer (1..8, default 8); with one, two\n"
+		"                 threads split its tokens (tqkv and the FP16 baseline alike)\n"
 		"  --batch=N      attention: N query tokens per call (1..8): tqkv_attend_batch()\n"
 		"                 at the last N positions against FP16 attending N * g query\n"
 		"                 rows per KV head in one pass (rows over 8 are skipped)\n"
@@ -78,6 +80,7 @@ int main(int argc, char **argv)
 		{ "int8-values", no_argument, NULL, 'V' },
 		{ "batch", required_argument, NULL, 'b' },
 		{ "g", required_argument, NULL, 'g' },
+		{ "kv-heads", required_argument, NULL, 'H' },
 		{ "dir", required_argument, NULL, 'd' },
 		{ "clients", required_argument, NULL, 'C' },
 		{ "seconds", required_argument, NULL, 'S' },
@@ -108,18 +111,19 @@ int main(int argc, char **argv)
 			o.dir = optarg;
 			break;
 		case 'b':
-		case 'g': {
+		case 'g':
+		case 'H': {
 			char *end;
 			unsigned long x;
 
 			errno = 0;
 			x = strtoul(optarg, &end, 10);
 			if (errno || *end || x < 1 || x > 8) {
-				fprintf(stderr, "tqkv-bench: --%s wants a count in 1..8, not '%s'\n", c == 'b' ? "batch" : "g",
-					optarg);
+				fprintf(stderr, "tqkv-bench: --%s wants a count in 1..8, not '%s'\n",
+					c == 'b' ? "batch" : c == 'g' ? "g" : "kv-heads", optarg);
 				return 2;
 			}
-			*(c == 'b' ? &o.batch : &o.group) = (unsigned)x;
+			*(c == 'b' ? &o.batch : c == 'g' ? &o.group : &o.kv_heads) = (unsigned)x;
 			break;
 		}
 		case 'C':
