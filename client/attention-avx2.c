@@ -3,9 +3,11 @@
  * AVX2 tile kernel for CPUs without AVX-512 VBMI/VNNI: the same chunks of
  * four tiles of nibble words as the AVX-512 kernel (2- and 3-bit streams
  * converted first), each 64-byte word split in two halves of 8 tokens.
- * A 16-entry lookup is two vpermps (low 3 bits) and a blend on bit 3, from
- * float tables, so scores are exact.  Values are accumulated per lane in
- * the rotated domain as in the AVX-512 kernel.
+ * A 16-entry lookup is two vpermps (low 3 bits) and a blend on bit 3.
+ * Keys are looked up among their float centroids once for the query group
+ * and scored by FMA against each head's rotated query, so scores are exact
+ * in float.  Values are accumulated per lane in the rotated domain as in
+ * the AVX-512 kernel.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -31,33 +33,55 @@ static inline __m256i load_half_word(const uint8_t *bits, unsigned w, unsigned h
 	return _mm256_loadu_si256((const __m256i *)(bits + w * 64 + h * 32));
 }
 
-/* Scores of the chunk's tokens for one query head: s[t][h]. */
-static void chunk_scores(const struct attn_tile *tile, const struct attn_lane_state *st, __m256 (*s)[HALVES])
+/* Scores of tiles [t0, t0 + nt) of the chunk for g query heads,
+ * s[k][t][h]: each key index is looked up once among the centroids and
+ * weighed by every head's scale * q'_j (an FMA per head, where a score
+ * table per head would take a lookup per head).  nt * g accumulators, so
+ * that each FMA chain has a neighbour to overlap with. */
+static inline __attribute__((always_inline)) void tiles_scores(const struct attn_tile *tile,
+								const struct attn_lane_state *st, unsigned g,
+								unsigned t0, unsigned nt, __m256 (*s)[ATTN_CHUNK_TILES][HALVES])
 {
 	const unsigned W = tile->d / 8;
+	const __m256 lo = _mm256_loadu_ps(tile->kcent), hi = _mm256_loadu_ps(tile->kcent + 8);
 
 	for (unsigned h = 0; h < HALVES; h++) {
-		__m256 acc[ATTN_CHUNK_TILES];
+		__m256 acc[8][ATTN_CHUNK_TILES];
 
-		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-			acc[t] = _mm256_setzero_ps();
+		for (unsigned k = 0; k < g; k++)
+			for (unsigned t = 0; t < nt; t++)
+				acc[k][t] = _mm256_setzero_ps();
 		for (unsigned w = 0; w < W; w++) {
 			__m256i word[ATTN_CHUNK_TILES];
 
-			for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-				word[t] = load_half_word(tile->kbits[t], w, h);
+			for (unsigned t = 0; t < nt; t++)
+				word[t] = load_half_word(tile->kbits[t0 + t], w, h);
 			for (unsigned f = 0; f < 8; f++) {
-				const float *row = st->table + (w + f * W) * 16;
-				__m256 lo = _mm256_loadu_ps(row), hi = _mm256_loadu_ps(row + 8);
+				for (unsigned t = 0; t < nt; t++) {
+					__m256 c = lookup16(lo, hi, _mm256_srli_epi32(word[t], (int)(4 * f)));
 
-				for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-					acc[t] = _mm256_add_ps(acc[t],
-							       lookup16(lo, hi, _mm256_srli_epi32(word[t], (int)(4 * f))));
+					for (unsigned k = 0; k < g; k++)
+						acc[k][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(st[k].qs + w + f * W), c,
+									    acc[k][t]);
+				}
 			}
 		}
-		for (unsigned t = 0; t < ATTN_CHUNK_TILES; t++)
-			s[t][h] = acc[t];
+		for (unsigned k = 0; k < g; k++)
+			for (unsigned t = 0; t < nt; t++)
+				s[k][t0 + t][h] = acc[k][t];
 	}
+}
+
+/* Scores of the chunk for g query heads: as many tiles at a time as keep
+ * 4-8 accumulators (16 ymm registers). */
+static inline __attribute__((always_inline)) void chunk_scores(const struct attn_tile *tile,
+								const struct attn_lane_state *st, unsigned g,
+								__m256 (*s)[ATTN_CHUNK_TILES][HALVES])
+{
+	unsigned nt = g == 1 ? 4 : g == 2 ? 2 : 1;
+
+	for (unsigned t0 = 0; t0 < ATTN_CHUNK_TILES; t0 += nt)
+		tiles_scores(tile, st, g, t0, nt, s);
 }
 
 /* Softmax update for a query head: scores become weights times value
@@ -104,14 +128,11 @@ static inline __attribute__((always_inline)) void tile_nibbles(const struct attn
 {
 	const unsigned W = tile->d / 8;
 	const __m256 vlo = _mm256_loadu_ps(tile->vcent), vhi = _mm256_loadu_ps(tile->vcent + 8);
-	__m256 p[8][ATTN_CHUNK_TILES][HALVES];
+	__m256 p[8][ATTN_CHUNK_TILES][HALVES], s[8][ATTN_CHUNK_TILES][HALVES];
 
-	for (unsigned k = 0; k < g; k++) {
-		__m256 s[ATTN_CHUNK_TILES][HALVES];
-
-		chunk_scores(tile, &st[k], s);
-		chunk_softmax(tile, &st[k], s, p[k]);
-	}
+	chunk_scores(tile, st, g, s);
+	for (unsigned k = 0; k < g; k++)
+		chunk_softmax(tile, &st[k], s[k], p[k]);
 	for (unsigned w = 0; w < W; w++) {
 		attn_prefetch_slice(tile, w, W);
 		for (unsigned h = 0; h < HALVES; h++) {
@@ -204,6 +225,9 @@ void attn_tile_nibbles_avx2(const struct attn_tile *tile, struct attn_lane_state
 	switch (g) {
 	case 1:
 		tile_nibbles(&nib, st, 1);
+		break;
+	case 2:
+		tile_nibbles(&nib, st, 2);
 		break;
 	case 4:
 		tile_nibbles(&nib, st, 4);

@@ -19,6 +19,7 @@ struct attn_tile {
 	const uint8_t *kbits[ATTN_CHUNK_TILES], *vbits[ATTN_CHUNK_TILES];
 	uint32_t tile_bytes, vtile_bytes;        /* of K, of V */
 	const uint16_t *knorms[ATTN_CHUNK_TILES], *vnorms[ATTN_CHUNK_TILES];  /* 16 fp16 each */
+	const float *kcent;                  /* K centroids (16, canonical nibbles): AVX2 */
 	const float *vcent;                  /* V centroids (16) of [0, vsplit); the
 					      * nibble kernels: [4][16], per nibble
 					      * word type (attention.c) */
@@ -65,6 +66,7 @@ static inline __attribute__((always_inline)) void attn_prefetch_slice(const stru
 /* A query head's running softmax, shared with the portable path. */
 struct attn_lane_state {
 	const float *table;   /* [d][16]: scale * q'_j * c_j[m] */
+	const float *qs;      /* scale * q'_j (padded): the AVX2 kernel's, against dequantised keys */
 	const uint8_t *btab;  /* the 4-bit kernel's byte tables (64-byte aligned) */
 	float bstep;          /* their unit */
 	int32_t bbias;        /* 8-bit tables: their offset, times the multipliers */

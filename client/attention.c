@@ -392,7 +392,7 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 	unsigned d = v->head_dim;
 	float nibble_cent[64];  /* the nibble kernels' key centroids */
 
-	if (kernel == KERNEL_TQ4_AVX512 || kernel == KERNEL_NIBBLE_AVX2)
+	if (kernel == KERNEL_TQ4_AVX512)
 		nibble_centroids(kc, nibble_cent);
 	for (unsigned k = 0; k < g; k++) {
 		const float *qh = q + ((size_t)head * g + k) * d;
@@ -416,10 +416,10 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 					: attn_tq4_tables_avx512(st[k].qrot, nibble_cent, kc->d, st[k].btab);
 				continue;
 			}
+			if (kernel == KERNEL_NIBBLE_AVX2)
+				continue;  /* it scores dequantised keys against qrot */
 			for (unsigned j = 0; j < kc->d; j++) {
-				/* The AVX2 kernel makes its nibbles type 0 (canonical). */
-				const float *cent = kernel == KERNEL_NIBBLE_AVX2 ? nibble_cent
-						    : j < kc->split ? kc->cent_hi : kc->cent_lo;
+				const float *cent = j < kc->split ? kc->cent_hi : kc->cent_lo;
 
 				for (unsigned m = 0; m < 16; m++)
 					st[k].table[j * 16 + m] = st[k].qrot[j] * cent[m];
@@ -592,7 +592,7 @@ static int attend_pages_tiles(const struct tqkv_layer_view *v, uint32_t head, co
 	unsigned n_tiles[ATTN_LOOKAHEAD + 1], first = 0, queued = 0, n_chunks = 0;
 	struct page_memo memo = { { tqkv_page_size(kc, v->block_tokens), tqkv_page_size(vc, v->block_tokens) },
 				  { false, false }, { { 0 } }, { { 0 } } };
-	float cent16[64], unit8 = 0;
+	float cent16[64], kcent16[64], unit8 = 0;
 	int8_t cent8[256] __attribute__((aligned(64)));
 	const float *vcent = vc->cent_hi;
 	bool int8_values = kernel == KERNEL_TQ4_AVX512 && (a->flags & TQKV_ATTN_INT8_VALUES);
@@ -608,6 +608,8 @@ static int attend_pages_tiles(const struct tqkv_layer_view *v, uint32_t head, co
 		if (int8_values)
 			unit8 = nibble_centroids8(cent16, cent8);
 	}
+	if (kernel == KERNEL_NIBBLE_AVX2)
+		nibble_centroids(kc, kcent16);
 	/* The first blocks' page metadata, all at once: a short context is
 	 * mostly these misses.  The ring requests the later ones. */
 	for (unsigned stage = 0; stage < 2; stage++)
@@ -626,6 +628,7 @@ static int attend_pages_tiles(const struct tqkv_layer_view *v, uint32_t head, co
 			r = chunk_at(v, head, lo, hi, t0, vcent, idx_scratch, &memo, &ring[slot], &n_tiles[slot]);
 			if (r < 0)
 				return r;
+			ring[slot].kcent = kcent16;
 			ring[slot].vcent8 = int8_values ? cent8 : NULL;
 			ring[slot].vcent8_unit = unit8;
 			prefetch_chunk(&ring[slot], n_tiles[slot], n_chunks++ < ATTN_LOOKAHEAD);
@@ -646,10 +649,10 @@ static int attend_pages_tiles(const struct tqkv_layer_view *v, uint32_t head, co
 			n = kernel_rows(rows - k0);
 
 			for (unsigned k = 0; k < n; k++)
-				ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].btab, st[k0 + k].bstep,
-								  st[k0 + k].bbias, st[k0 + k].int8, st[k0 + k].q_mean,
-								  &st[k0 + k].m, &st[k0 + k].l, st[k0 + k].lanes,
-								  &st[k0 + k] };
+				ls[k] = (struct attn_lane_state){ st[k0 + k].table, st[k0 + k].qrot, st[k0 + k].btab,
+								  st[k0 + k].bstep, st[k0 + k].bbias, st[k0 + k].int8,
+								  st[k0 + k].q_mean, &st[k0 + k].m, &st[k0 + k].l,
+								  st[k0 + k].lanes, &st[k0 + k] };
 			if (kernel == KERNEL_TQ4_AVX512)
 				attn_tile_tq4_avx512(cur, ls, n);
 			else if (kernel == KERNEL_NIBBLE_AVX2)
