@@ -175,6 +175,7 @@ struct kv_job {
 	float *out;
 	uint32_t n_queries;
 	uint32_t head_first, head_count;  /* KV heads of this job */
+	uint32_t query_first;             /* its queries: [query_first, + n_queries) */
 	int result;
 };
 
@@ -930,6 +931,8 @@ static void run_job(void *arg)
 	struct kv_job *j = arg;
 	const struct tqkv_layer_view *v = j->v;
 	const size_t row_floats = (size_t)j->a->n_q_heads * v->head_dim;
+	const float *q = j->q + j->query_first * row_floats;
+	float *out = j->out + j->query_first * row_floats;
 	unsigned g = j->a->n_q_heads / v->n_kv_heads, batch = fused_queries(g);
 	struct scratch *s = scratch_get(g * (j->n_queries < batch ? j->n_queries : batch));
 
@@ -945,11 +948,11 @@ static void run_job(void *arg)
 			struct head_state *st = scratch_rows(s, v, h, n * g);
 
 			for (unsigned i = 0; i < n; i++)
-				prepare_queries(v, h, j->a, kernel, j->q + (i0 + i) * row_floats, st + i * g, g);
-			j->result = attend_queries(v, h, j->a, kernel, j->isa, j->a->position + i0, n, st, g,
-						   s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
+				prepare_queries(v, h, j->a, kernel, q + (i0 + i) * row_floats, st + i * g, g);
+			j->result = attend_queries(v, h, j->a, kernel, j->isa, j->a->position + j->query_first + i0, n,
+						   st, g, s->mem + (size_t)s->g * SCRATCH_MEM_STRIDE, s->idx);
 			for (unsigned i = 0; i < n && j->result == 0; i++)
-				rows_finish(v, h, kernel, st + i * g, g, j->out + (i0 + i) * row_floats);
+				rows_finish(v, h, kernel, st + i * g, g, out + (i0 + i) * row_floats);
 		}
 	}
 }
@@ -1018,6 +1021,25 @@ static unsigned parts_per_head(const struct tqkv_layer_view *v, const struct tqk
 
 	if (n != 1 || parts < 2)
 		return 1;
+	if (parts > most)
+		parts = most;
+	return parts < 2 ? 1 : (unsigned)parts;
+}
+
+/* Parts per KV head of a batch's queries when a call asks for more
+ * threads than there are KV heads: each part's queries attend on a
+ * thread of their own (fused among themselves), at least PART_ROWS_MIN
+ * tokens times query rows each.  1: split by heads. */
+static unsigned batch_parts(const struct tqkv_layer_view *v, const struct tqkv_attn *a, uint32_t n,
+			    unsigned threads)
+{
+	uint64_t parts = threads / v->n_kv_heads, tokens = a->position + 1 - window_start(a, a->position);
+	uint64_t most = tokens * (a->n_q_heads / v->n_kv_heads) * n / PART_ROWS_MIN;
+
+	if (n < 2 || parts < 2)
+		return 1;
+	if (parts > n)
+		parts = n;
 	if (parts > most)
 		parts = most;
 	return parts < 2 ? 1 : (unsigned)parts;
@@ -1115,13 +1137,24 @@ TQKV_EXPORT int tqkv_attend_batch(const struct tqkv_layer_view *v, const float *
 	parts = parts_per_head(v, a, n, threads);
 	if (parts > 1)
 		return split_ranges(v, q, a, isa, parts, out);
-	if (threads > v->n_kv_heads)
-		threads = v->n_kv_heads;
-	/* Split over KV heads: each thread owns whole groups, no merge needed. */
-	for (unsigned i = 0; i < threads; i++) {
-		uint32_t first = v->n_kv_heads * i / threads, last = v->n_kv_heads * (i + 1) / threads;
+	parts = batch_parts(v, a, n, threads);
+	if (parts > 1) {
+		/* Each KV head's queries in parts, on threads of their own. */
+		threads = v->n_kv_heads * parts;
+		for (unsigned i = 0; i < threads; i++) {
+			uint32_t h = i / parts, first = n * (i % parts) / parts, last = n * (i % parts + 1) / parts;
 
-		jobs[i] = (struct kv_job){ v, a, isa, q, out, n, first, last - first, 0 };
+			jobs[i] = (struct kv_job){ v, a, isa, q, out, last - first, h, 1, first, 0 };
+		}
+	} else {
+		if (threads > v->n_kv_heads)
+			threads = v->n_kv_heads;
+		/* Split over KV heads: each thread owns whole groups, no merge needed. */
+		for (unsigned i = 0; i < threads; i++) {
+			uint32_t first = v->n_kv_heads * i / threads, last = v->n_kv_heads * (i + 1) / threads;
+
+			jobs[i] = (struct kv_job){ v, a, isa, q, out, n, first, last - first, 0, 0 };
+		}
 	}
 	attn_pool_run(run_job, jobs, sizeof(jobs[0]), threads);
 	for (unsigned i = 0; i < threads; i++)

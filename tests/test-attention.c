@@ -377,7 +377,8 @@ Test(attention, int8_options_within_their_bound, .timeout = 120)
  * pass (up to 8 query rows per KV head) and add their own; each must
  * match the reference at its own position.  Batches inside the tail,
  * across the published/tail boundary, from position 0, longer than one
- * fused pass, with windows narrower and wider than the batch. */
+ * fused pass, with windows narrower and wider than the batch, and with
+ * more threads than KV heads. */
 Test(attention, batch_matches_float64_reference, .timeout = 240)
 {
 	static const struct {
@@ -396,8 +397,12 @@ Test(attention, batch_matches_float64_reference, .timeout = 240)
 	append(s, seed, 0, 300, true);  /* 256 published, 44 in the tail */
 	for (size_t b = 0; b < sizeof(batches) / sizeof(batches[0]); b++)
 		for (unsigned g = 1; g <= 8; g *= 2)
-			for (size_t w = 0; w < sizeof(windows) / sizeof(windows[0]); w++)
+			for (size_t w = 0; w < sizeof(windows) / sizeof(windows[0]); w++) {
 				check_batch(s, seed, batches[b].first, batches[b].n, g, windows[w], g % 2 ? 1 : 2);
+				/* More threads than KV heads: a head's queries in parts
+				 * (3 or 4 with g = 4 or 8; too little work with less). */
+				check_batch(s, seed, batches[b].first, batches[b].n, g, windows[w], 8);
+			}
 	{
 		struct tqkv_layer_view v;
 		float q[2 * KV_HEADS * 64], out[2 * KV_HEADS * 64];
