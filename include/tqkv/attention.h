@@ -56,7 +56,7 @@ struct tqkv_attn {
 	 * layer with one or two, say), one query's tokens of each head are
 	 * split into ranges instead (each at least 4096 tokens times query
 	 * heads per KV head, else fewer threads work), merged by their
-	 * softmax maxima. */
+	 * softmax maxima; a batch's queries are split instead. */
 	unsigned threads;
 	enum tqkv_attn_kernel kernel;  /* 0: automatic; a kernel this CPU lacks: -ENOTSUP */
 	uint32_t flags;       /* enum tqkv_attn_flag; 0: exact (an unknown flag: -EINVAL) */
