@@ -27,6 +27,12 @@ kill $dpid; wait $dpid || fail "tqkvd exit status $? (a TSan report?)"
 echo "tsan: daemon workers and snapshots: clean"
 
 "$b/tests/bench/tqkv-bench" --quick --context=4096 attention >/dev/null || fail "attention threads"
+# One KV head: two threads split its tokens (ranges merged in the
+# caller's scratch), and a batch's queries.
+"$b/tests/bench/tqkv-bench" --quick --context=8192 --g=1 --kv-heads=1 attention >/dev/null ||
+	fail "attention threads over one head's tokens"
+"$b/tests/bench/tqkv-bench" --quick --context=4096 --g=1 --kv-heads=1 --batch=4 attention >/dev/null ||
+	fail "attention threads over a batch's queries"
 echo "tsan: attention thread pool: clean"
 
 models=${TQKV_MODELS:-}
