@@ -1003,6 +1003,14 @@ static void run_part(void *arg)
 	}
 }
 
+/* parts, or fewer where PART_ROWS_MIN allows only most; 1 below 2. */
+static unsigned worthwhile_parts(uint64_t parts, uint64_t most)
+{
+	if (parts > most)
+		parts = most;
+	return parts < 2 ? 1 : (unsigned)parts;
+}
+
 /* Parts per KV head when a call asks for more threads than there are KV
  * heads (one query): each head's tokens are cut into that many ranges,
  * attended on their own threads and merged by their maxima
@@ -1019,11 +1027,7 @@ static unsigned parts_per_head(const struct tqkv_layer_view *v, const struct tqk
 	uint64_t lo = window_start(a, a->position), tokens = a->position + 1 - lo, parts = threads / v->n_kv_heads;
 	uint64_t most = tokens * (a->n_q_heads / v->n_kv_heads) / PART_ROWS_MIN;
 
-	if (n != 1 || parts < 2)
-		return 1;
-	if (parts > most)
-		parts = most;
-	return parts < 2 ? 1 : (unsigned)parts;
+	return n == 1 ? worthwhile_parts(parts, most) : 1;
 }
 
 /* Parts per KV head of a batch's queries when a call asks for more
@@ -1036,13 +1040,7 @@ static unsigned batch_parts(const struct tqkv_layer_view *v, const struct tqkv_a
 	uint64_t parts = threads / v->n_kv_heads, tokens = a->position + 1 - window_start(a, a->position);
 	uint64_t most = tokens * (a->n_q_heads / v->n_kv_heads) * n / PART_ROWS_MIN;
 
-	if (n < 2 || parts < 2)
-		return 1;
-	if (parts > n)
-		parts = n;
-	if (parts > most)
-		parts = most;
-	return parts < 2 ? 1 : (unsigned)parts;
+	return n > 1 ? worthwhile_parts(parts < n ? parts : n, most) : 1;
 }
 
 /* Where part p of parts of tokens [lo, lo + tokens) starts: at a block
