@@ -391,7 +391,7 @@ static void prepare_queries(const struct tqkv_layer_view *v, uint32_t head, cons
 {
 	const struct tqkv_codec *kc = v->codecs[head * 2];
 	unsigned d = v->head_dim;
-	float nibble_cent[64];  /* the nibble kernels' key centroids */
+	float nibble_cent[64];  /* the AVX-512 nibble kernel's key centroids */
 
 	if (kernel == KERNEL_TQ4_AVX512)
 		nibble_centroids(kc, nibble_cent);
@@ -1092,14 +1092,17 @@ static int split_ranges(const struct tqkv_layer_view *v, const float *q, const s
 
 		rows_init(v, h, st, g);
 		for (unsigned k = 0; k < g; k++) {
+			/* Row k of the head's first part; the next part's is g rows on. */
+			const double *first = s->parts + ((size_t)h * parts * g + k) * PART_ROW;
+			const size_t stride = (size_t)g * PART_ROW;
 			double m = -INFINITY;
 
 			for (unsigned part = 0; part < parts; part++)
-				m = fmax(m, s->parts[((size_t)(h * parts + part) * g + k) * PART_ROW]);
+				m = fmax(m, first[part * stride]);
 			st[k].m = m;
 			st[k].l = 0;
 			for (unsigned part = 0; part < parts; part++) {
-				const double *row = s->parts + ((size_t)(h * parts + part) * g + k) * PART_ROW;
+				const double *row = first + part * stride;
 				double f = row[1] > 0 ? exp(row[0] - m) : 0;
 
 				st[k].l += f * row[1];
