@@ -22,11 +22,23 @@
 
 #define REPLY_FDS_MAX 4
 
+/* The smallest max_message_bytes this library works with: a one-layer
+ * REGISTER_MODEL, which leaves SEQ_OPEN and SEQ_TOKENS room for a token id. */
+#define MESSAGE_BYTES_MIN                                                                                     \
+	(sizeof(struct tqkv_msg_header) + sizeof(struct tqkv_register_model) + sizeof(struct tqkv_layer_desc))
+_Static_assert(MESSAGE_BYTES_MIN >= sizeof(struct tqkv_msg_header) + sizeof(struct tqkv_seq_token_ids) + 4 &&
+		       MESSAGE_BYTES_MIN >= sizeof(struct tqkv_msg_header) + sizeof(struct tqkv_seq_open) + 4,
+	       "every request fits a token id");
+/* Pages hold at most 65535 tokens (tqkv_page_encode_f32()) and blocks are
+ * whole 16-token groups. */
+#define BLOCK_TOKENS_MAX 65520u
+
 struct tqkv_client {
-	int fd;
+	int fd;                 /* -1 once lost: see lose_connection() */
 	uint32_t serial;
 	struct tqkv_hello_reply hello;
 	char error[256];
+	char lost[256];         /* why the connection was closed, if it was */
 	struct model *model;
 	struct tqkv_layer_desc *layers;  /* as registered: the daemon's policy applied */
 	const uint8_t *arena;
@@ -72,6 +84,23 @@ static int send_all(int fd, const void *p, size_t n)
 		n -= (size_t)k;
 	}
 	return 0;
+}
+
+/* tqkv_client_error(NULL): why this thread's last tqkv_client_connect()
+ * failed, when it got as far as the HELLO exchange. */
+static _Thread_local char connect_error[256];
+
+/*
+ * After a failure in the middle of an exchange (short send or read, a reply
+ * whose framing we cannot trust, its body left unread) the byte stream can
+ * no longer be split into messages: close it, so that later requests fail
+ * instead of reading leftovers as headers.
+ */
+static void lose_connection(struct tqkv_client *c)
+{
+	memcpy(c->lost, c->error, sizeof(c->lost));
+	close(c->fd);
+	c->fd = -1;
 }
 
 /* Reads exactly n bytes; the first recvmsg collects any fds. */
@@ -134,28 +163,35 @@ static int call(struct tqkv_client *c, uint16_t opcode, const void *payload, siz
 	int r;
 
 	if (c->fd < 0)
-		return set_error(c, -ENOTCONN, "not connected");
+		return c->lost[0] ? set_error(c, -EPIPE, "connection to tqkvd closed after an earlier failure (%s)", c->lost)
+				  : set_error(c, -ENOTCONN, "not connected");
 	r = send_all(c->fd, &h, sizeof(h));
 	if (r >= 0 && len)
 		r = send_all(c->fd, payload, len);
 	if (r >= 0)
 		r = recv_all(c->fd, &h, sizeof(h), got, &got_fds);
-	if (r < 0)
-		return set_error(c, r, "connection to tqkvd lost: %s", strerror(-r));
+	if (r < 0) {
+		set_error(c, r, "connection to tqkvd lost: %s", strerror(-r));
+		lose_connection(c);
+		goto out;
+	}
 	body = h.size >= sizeof(h) ? h.size - (uint32_t)sizeof(h) : 0;
 	if (h.size < sizeof(h) || body > (1u << 24) || !(h.flags & TQKV_MSG_REPLY) || h.serial != c->serial ||
 	    h.opcode != opcode) {
-		r = set_error(c, -EBADMSG, "malformed reply from tqkvd");
+		r = set_error(c, -EBADMSG, "malformed reply from tqkvd (lost sync)");
+		lose_connection(c);
 		goto out;
 	}
 	buf = malloc(body + 1);
 	if (!buf) {
-		r = -ENOMEM;
+		r = set_error(c, -ENOMEM, "out of memory for a reply of %u bytes", body);
+		lose_connection(c);
 		goto out;
 	}
 	r = recv_all(c->fd, buf, body, got, &got_fds);
 	if (r < 0) {
 		set_error(c, r, "connection to tqkvd lost: %s", strerror(-r));
+		lose_connection(c);
 		goto out;
 	}
 	if (h.flags & TQKV_MSG_ERROR) {
@@ -171,7 +207,9 @@ static int call(struct tqkv_client *c, uint16_t opcode, const void *payload, siz
 		goto out;
 	}
 	if (ret_len ? body > out_size : body != out_size) {
+		/* Read whole, but the daemon speaks another protocol than ours. */
 		r = set_error(c, -EBADMSG, "reply of unexpected size %u from tqkvd", body);
+		lose_connection(c);
 		goto out;
 	}
 	if (body)
@@ -206,6 +244,24 @@ static int socket_path_default(char *buf, size_t size)
 	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
+/* The HELLO reply, checked before anything divides by or subtracts from
+ * its limits. */
+static int check_hello(struct tqkv_client *c)
+{
+	const struct tqkv_hello_reply *h = &c->hello;
+
+	if (h->version < TQKV_PROTOCOL_VERSION_MIN || h->version > TQKV_PROTOCOL_VERSION)
+		return set_error(c, -EPROTO, "tqkvd chose protocol version %u; this libtqkv speaks %u..%u", h->version,
+				 TQKV_PROTOCOL_VERSION_MIN, TQKV_PROTOCOL_VERSION);
+	if (h->block_tokens == 0 || h->block_tokens % 16 || h->block_tokens > BLOCK_TOKENS_MAX)
+		return set_error(c, -EPROTO, "tqkvd announced block_tokens %u, not a multiple of 16 in 16..%u",
+				 h->block_tokens, BLOCK_TOKENS_MAX);
+	if (h->max_message_bytes < MESSAGE_BYTES_MIN)
+		return set_error(c, -EPROTO, "tqkvd announced max_message_bytes %u, less than the %zu this libtqkv needs",
+				 h->max_message_bytes, MESSAGE_BYTES_MIN);
+	return 0;
+}
+
 TQKV_EXPORT int tqkv_client_connect(const char *socket_path, struct tqkv_client **ret)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -215,6 +271,8 @@ TQKV_EXPORT int tqkv_client_connect(const char *socket_path, struct tqkv_client 
 
 	if (!ret)
 		return -EINVAL;
+	*ret = NULL;
+	connect_error[0] = 0;
 	if (socket_path) {
 		if (strlen(socket_path) >= sizeof(sa.sun_path))
 			return -ENAMETOOLONG;
@@ -234,7 +292,10 @@ TQKV_EXPORT int tqkv_client_connect(const char *socket_path, struct tqkv_client 
 		return r;
 	}
 	r = call(c, TQKV_OP_HELLO, &hello, sizeof(hello), &c->hello, sizeof(c->hello), NULL, NULL, NULL);
+	if (r >= 0)
+		r = check_hello(c);
 	if (r < 0) {
+		memcpy(connect_error, c->error, sizeof(connect_error));
 		tqkv_client_free(c);
 		return r;
 	}
@@ -259,7 +320,7 @@ TQKV_EXPORT void tqkv_client_free(struct tqkv_client *c)
 
 TQKV_EXPORT const char *tqkv_client_error(const struct tqkv_client *c)
 {
-	return c ? c->error : "";
+	return c ? c->error : connect_error;
 }
 
 TQKV_EXPORT uint32_t tqkv_client_block_tokens(const struct tqkv_client *c)
@@ -483,7 +544,20 @@ static int seq_from_reply(struct tqkv_client *c, const struct tqkv_seq_open_repl
 	return 0;
 }
 
-/* Token ids that fit in one request after a header of hdr bytes. */
+/* Closes sequence id of a request that failed after opening it, keeping
+ * that failure's message (a successful close clears it). */
+static void close_after_failure(struct tqkv_client *c, uint32_t id)
+{
+	struct tqkv_seq_close req = { .seq_id = id };
+	char error[sizeof(c->error)];
+
+	memcpy(error, c->error, sizeof(error));
+	call(c, TQKV_OP_SEQ_CLOSE, &req, sizeof(req), NULL, 0, NULL, NULL, NULL);
+	memcpy(c->error, error, sizeof(error));
+}
+
+/* Token ids that fit in one request after a header of hdr bytes
+ * (check_hello() keeps it at least 1). */
 static size_t ids_per_message(const struct tqkv_client *c, size_t hdr)
 {
 	return (c->hello.max_message_bytes - sizeof(struct tqkv_msg_header) - hdr) / sizeof(uint32_t);
@@ -541,12 +615,18 @@ TQKV_EXPORT int tqkv_seq_open_prompt(struct tqkv_client *c, const uint32_t *toke
 	r = call(c, TQKV_OP_SEQ_OPEN, req, n_tokens || flags ? sizeof(*req) + first * sizeof(*tokens) : 0, &rep,
 		 sizeof(rep), NULL, NULL, NULL);
 	free(req);
-	if (r >= 0)
-		r = seq_from_reply(c, &rep, ret);
-	if (r >= 0 && first < n_tokens) {
+	if (r < 0)
+		return r;
+	r = seq_from_reply(c, &rep, ret);
+	if (r < 0) {
+		close_after_failure(c, rep.seq_id);
+		return r;
+	}
+	if (first < n_tokens) {
 		r = send_token_ids(*ret, first, tokens + first, n_tokens - first);
 		if (r < 0) {
-			tqkv_seq_close(*ret);
+			close_after_failure(c, (*ret)->id);
+			free(*ret);
 			*ret = NULL;
 		}
 	}
@@ -585,8 +665,10 @@ TQKV_EXPORT int tqkv_seq_fork(struct tqkv_seq *s, struct tqkv_seq **ret)
 	if (r < 0)
 		return r;
 	r = seq_from_reply(c, &rep, &f);
-	if (r < 0)
+	if (r < 0) {
+		close_after_failure(c, rep.seq_id);
 		return r;
+	}
 	/* The fork holds the published blocks; the FP16 tail is ours to copy
 	 * (same ring positions in the other slot). */
 	for (uint64_t t = f->committed; t < s->committed; t++) {
@@ -598,7 +680,8 @@ TQKV_EXPORT int tqkv_seq_fork(struct tqkv_seq *s, struct tqkv_seq **ret)
 	if (s->committed > f->committed)
 		r = tqkv_seq_commit(f, s->committed);
 	if (r < 0) {
-		tqkv_seq_close(f);
+		close_after_failure(c, f->id);
+		free(f);
 		return r;
 	}
 	*ret = f;

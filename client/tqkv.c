@@ -56,10 +56,31 @@ static void help(FILE *f)
 		"  -d, --delay=SECONDS   top: time between updates (default 1)\n"
 		"  -h, --help            show this help\n"
 		"\n"
-		"Exit status: 0 on success, 1 if the daemon cannot be reached or fails the request,\n"
-		"2 on bad usage.\n"
+		"Exit status: 0 on success, 1 if the daemon cannot be reached or fails the request\n"
+		"or the output cannot be written, 2 on bad usage.\n"
 		"\n"
 		"See tqkv(1), tqkvd(8).\n");
+}
+
+static int output_errno;  /* why a flush of standard output failed */
+
+/* fflush(stdout), keeping the reason of a failure for output_failed(). */
+static int flush_output(void)
+{
+	if (fflush(stdout) == 0)
+		return 0;
+	output_errno = errno;
+	return EOF;
+}
+
+/* Output that did not reach its file (a full disk, a closed pipe) is a
+ * failure: says so and returns true. */
+static bool output_failed(void)
+{
+	if (flush_output() == 0 && !ferror(stdout))
+		return false;
+	fprintf(stderr, "tqkv: cannot write output: %s\n", output_errno ? strerror(output_errno) : "write error");
+	return true;
 }
 
 static int bad_usage(const char *what, const char *arg)
@@ -79,6 +100,7 @@ static int parse_options(int argc, char **argv, struct options *o, const char **
 	};
 	const char *cmd;
 	char *end;
+	unsigned long n;
 	int c;
 
 	/* getopt_long() moves the non-options (the command) to the end. */
@@ -104,10 +126,12 @@ static int parse_options(int argc, char **argv, struct options *o, const char **
 			o->batch = true;
 			break;
 		case 'n':
+			/* Range-checked before narrowing: 2^32 + 1 is not 1. */
 			errno = 0;
-			o->iterations = (unsigned)strtoul(optarg, &end, 10);
-			if (errno || *end || end == optarg || o->iterations == 0 || o->iterations > 1000000)
+			n = strtoul(optarg, &end, 10);
+			if (errno || *end || end == optarg || n == 0 || n > 1000000)
 				return bad_usage("--iterations must be 1..1000000", optarg);
+			o->iterations = (unsigned)n;
 			break;
 		case 'd':
 			o->delay = strtod(optarg, &end);
@@ -116,7 +140,7 @@ static int parse_options(int argc, char **argv, struct options *o, const char **
 			break;
 		case 'h':
 			help(stdout);
-			exit(0);
+			exit(output_failed() ? 1 : 0);
 		default:
 			return 2;
 		}
@@ -316,10 +340,12 @@ static int cmd_top(struct tqkv_client *c, const struct options *o)
 		else if (i > 0)
 			putchar('\n');
 		top_report(text, prev, prev ? t - t_prev : 0, stdout);
-		fflush(stdout);
 		free(prev);
 		prev = text;
 		t_prev = t;
+		/* main() reports the error; no point in polling on. */
+		if (flush_output() == EOF)
+			break;
 	}
 	free(prev);
 	return r;
@@ -350,8 +376,10 @@ int main(int argc, char **argv)
 
 	r = tqkv_client_connect(o.socket, &c);
 	if (r < 0) {
-		fprintf(stderr, "tqkv: cannot connect to tqkvd%s%s: %s\n", o.socket ? " at " : "", o.socket ? o.socket : "",
-			strerror(-r));
+		/* tqkv_client_error(NULL): what went wrong in the HELLO exchange. */
+		fprintf(stderr, "tqkv: cannot connect to tqkvd%s%s: %s%s%s%s\n", o.socket ? " at " : "",
+			o.socket ? o.socket : "", strerror(-r), *tqkv_client_error(NULL) ? " (" : "",
+			tqkv_client_error(NULL), *tqkv_client_error(NULL) ? ")" : "");
 		return 1;
 	}
 	if (run) {
@@ -364,5 +392,5 @@ int main(int argc, char **argv)
 	if (r < 0)
 		fprintf(stderr, "tqkv %s: %s (%s)\n", cmd, strerror(-r), tqkv_client_error(c));
 	tqkv_client_free(c);
-	return r < 0 ? 1 : 0;
+	return output_failed() || r < 0 ? 1 : 0;
 }

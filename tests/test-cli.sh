@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # The tqkv command line against a real tqkvd: every command and output
 # format, the Prometheus exposition syntax, and exit codes (0 success,
-# 1 daemon unreachable, 2 bad usage).
+# 1 daemon unreachable or output not written, 2 bad usage).
 #
 # usage: test-cli.sh TQKV TQKVD TQKV_DEMO
 set -euo pipefail
@@ -41,13 +41,24 @@ names=$(grep '^# TYPE' <<<"$prom" | awk '{print $3}' | sort | uniq -d)
 "$tqkv" --help | grep -q 'prometheus' || fail "--help"
 
 set +e
-for args in "" "frobnicate" "stats --format=xml" "top -n 0" "top -d x" "stats extra" "ls --format=prometheus"; do
+# 2^32 + 1 must not wrap to 1.
+for args in "" "frobnicate" "stats --format=xml" "top -n 0" "top -n 4294967297" "top -n -1" "top -d x" \
+	"stats extra" "ls --format=prometheus"; do
 	# shellcheck disable=SC2086
 	"$tqkv" $args >/dev/null 2>"$dir/err"; rc=$?
 	[ $rc -eq 2 ] || fail "'tqkv $args': exit $rc, not 2"
 	grep -q "tqkv: " "$dir/err" || fail "'tqkv $args': no message"
 done
 "$tqkv" -s "$dir/nonexistent" stats >/dev/null 2>&1; [ $? -eq 1 ] || fail "unreachable daemon: not exit 1"
+# Output that cannot be written is a failure, not a silent success.
+if [ -w /dev/full ]; then
+	for args in "stats --format=prometheus" "stats --json" "ls" "ping" "flush" "top --batch -n 2 -d 0.1" "--help"; do
+		# shellcheck disable=SC2086
+		"$tqkv" $args >/dev/full 2>"$dir/err"; rc=$?
+		[ $rc -eq 1 ] || fail "'tqkv $args >/dev/full': exit $rc, not 1"
+		grep -q "tqkv: cannot write output" "$dir/err" || fail "'tqkv $args >/dev/full': no message"
+	done
+fi
 set -e
 
 kill $dpid; wait $dpid || fail "tqkvd exit status $?"

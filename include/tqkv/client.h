@@ -10,7 +10,9 @@
  * the FP16 tail for attention.
  *
  * Errors are negative errno values; tqkv_client_error() has the daemon's
- * message for the last failed request.  The library never logs.
+ * message for the last failed request.  The library never logs.  After a
+ * failure that leaves the connection out of step (lost, or a reply that
+ * cannot be framed) the library closes it: later requests fail with -EPIPE.
  *
  * Thread safety: a struct tqkv_client and its sequences may be used by one
  * thread at a time (serialise requests yourself); views and codecs are
@@ -46,14 +48,17 @@ struct tqkv_model {
 /*
  * Connects to tqkvd at socket_path, or if NULL at $TQKV_SOCKET, or the
  * default ($XDG_RUNTIME_DIR/tqkv/tqkvd.sock, /run/tqkv/tqkvd.sock as root),
- * and negotiates the protocol version.
+ * and negotiates the protocol version.  -EPROTO if the daemon's HELLO reply
+ * is unusable; on failure *ret is NULL and tqkv_client_error(NULL) says
+ * why, if the socket connected.
  */
 TQKV_EXPORT int tqkv_client_connect(const char *socket_path, struct tqkv_client **ret);
 /* Closes the connection; the daemon then releases this client's sequences.
  * Accepts NULL. */
 TQKV_EXPORT void tqkv_client_free(struct tqkv_client *c);
 
-/* The daemon's message for the last failed request ("" if none). */
+/* The daemon's message for the last failed request ("" if none); with
+ * NULL, why this thread's last tqkv_client_connect() failed. */
 TQKV_EXPORT const char *tqkv_client_error(const struct tqkv_client *c);
 /* Tokens per block of this daemon. */
 TQKV_EXPORT uint32_t tqkv_client_block_tokens(const struct tqkv_client *c);
