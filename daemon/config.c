@@ -18,7 +18,6 @@
 #define KIB (UINT64_C(1) << 10)
 #define MIB (UINT64_C(1) << 20)
 #define GIB (UINT64_C(1) << 30)
-#define TIB (UINT64_C(1) << 40)
 
 /* Longer lines are certainly mistakes (a binary file, a missing newline in
  * a generated file); reject them instead of reading without bound. */
@@ -52,15 +51,15 @@ struct config_key {
 static const struct config_key config_keys[] = {
 	{ "socket", CONFIG_PATH, FIELD(socket_path), 1, SOCKET_PATH_MAX, 0, false },
 	{ "state_directory", CONFIG_PATH, FIELD(state_dir), 1, PATH_MAX - 1, 0, true },
-	/* Upper bound keeps byte arithmetic over the budget far from overflow. */
-	{ "memory_budget", CONFIG_SIZE, FIELD(memory_budget), MIB, 256 * TIB, 0, false },
+	/* An arena of the budget must fit in a process's address space. */
+	{ "memory_budget", CONFIG_SIZE, FIELD(memory_budget), MIB, TQKVD_MEMORY_BUDGET_MAX, 0, false },
 	/* The codec and the page format work on 16-token groups. */
 	{ "block_tokens", CONFIG_U32, FIELD(block_tokens), 16, 4096, 16, false },
 	{ "worker_threads", CONFIG_U32, FIELD(worker_threads), 1, 64, 0, false },
 	{ "log_level", CONFIG_LOG_LEVEL, FIELD(log_level), LOG_ERR, LOG_DEBUG, 0, false },
 	{ "tenants", CONFIG_TENANCY, FIELD(tenancy), TENANCY_UID, TENANCY_GID, 0, false },
 	/* 0: no quota; the budget bounds every tenant anyway. */
-	{ "tenant_quota", CONFIG_SIZE, FIELD(tenant_quota), 0, 256 * TIB, 0, false },
+	{ "tenant_quota", CONFIG_SIZE, FIELD(tenant_quota), 0, TQKVD_MEMORY_BUDGET_MAX, 0, false },
 	/* Seconds; 0: only on stop.  At most a week. */
 	{ "preset", CONFIG_PRESET, FIELD(preset), 0, 0, 0, false },
 	{ "snapshot_interval", CONFIG_U32, FIELD(snapshot_interval), 0, 7 * 86400, 0, false },
@@ -270,10 +269,13 @@ static int check_range(const struct config_key *k, uint64_t v, char *err, size_t
 
 	if (v < k->min || v > k->max) {
 		if (k->type == CONFIG_SIZE || k->type == CONFIG_SIZE32)
-			return config_error(err, errlen, -EINVAL, "%s: %s is out of range (%s..%s)", k->name,
+			return config_error(err, errlen, -EINVAL, "%s: %s is out of range (%s..%s)%s", k->name,
 					    format_size(a, sizeof(a), v),
 					    format_size(b, sizeof(b), k->min),
-					    format_size(c, sizeof(c), k->max));
+					    format_size(c, sizeof(c), k->max),
+					    v > k->max && k->offset == FIELD(memory_budget) ?
+					    ": a tenant's arena is one mapping of the budget's size, in the daemon and its clients" :
+					    "");
 		return config_error(err, errlen, -EINVAL, "%s: %" PRIu64 " is out of range (%" PRIu64 "..%" PRIu64 ")",
 				    k->name, v, k->min, k->max);
 	}

@@ -47,6 +47,13 @@ struct tqkvd_config {
 	struct tqkvd_limits limits;
 };
 
+/* The largest memory_budget, 32 TiB: each tenant's arena is one mapping
+ * of the budget's size, in the daemon and in every client of the tenant.
+ * x86-64 gives a process 128 TiB of address space, which its mappings
+ * split (a PIE executable sits at two thirds of it): a quarter of it
+ * still fits in one piece. */
+#define TQKVD_MEMORY_BUDGET_MAX (UINT64_C(1) << 45)
+
 #define TQKVD_CONFIG_FILE "/etc/tqkv/tqkvd.conf"
 #define TQKVD_STATE_DIR "/var/lib/tqkv"
 

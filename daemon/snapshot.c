@@ -23,8 +23,9 @@
 #define RECORD_MAGIC 0x4b4c4253u /* "SBLK" */
 #define QUEUE_DEPTH 64u
 #define READ_CHUNK (16u << 20)
-#define RECORD_BYTES_MAX (1ull << 30)
-#define MEANS_BYTES_MAX (1u << 24)
+/* One read at most: io_uring takes an unsigned length, and read() stops
+ * short of 2 GiB anyway. */
+#define READ_MAX (1u << 30)
 
 struct snap_header {
 	char magic[8];
@@ -142,6 +143,14 @@ static int drain(struct io_uring *ring, unsigned *in_flight)
 	return first_error;
 }
 
+/* The writer's and the reader's limits: the writer never writes a record
+ * the reader would stop at. */
+static bool record_in_range(uint64_t record_bytes, uint64_t means_bytes)
+{
+	return record_bytes != 0 && record_bytes <= SNAPSHOT_RECORD_BYTES_MAX && means_bytes <= SNAPSHOT_MEANS_BYTES_MAX &&
+	       means_bytes % sizeof(float) == 0;
+}
+
 static void record_header(const struct snapshot_block *b, struct snap_record *h)
 {
 	uint32_t crc = crc32c(0, b->record, b->record_bytes);
@@ -169,7 +178,8 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 	struct iovec *iov = calloc(3 * n + 1, sizeof(*iov));
 	struct io_uring ring;
 	struct timespec ts;
-	uint64_t offset = sizeof(hdr), bytes = 0;
+	uint64_t offset = sizeof(hdr), bytes = 0, skipped = 0;
+	size_t w = 0;  /* records queued */
 	unsigned in_flight = 0;
 	double t0 = now_sec();
 	int fd = -1, dfd, r;
@@ -198,15 +208,21 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 		uint64_t len;
 		unsigned k = 0;
 
-		record_header(b, &recs[i]);
-		iov[3 * i + k++] = (struct iovec){ &recs[i], sizeof(recs[i]) };
-		iov[3 * i + k++] = (struct iovec){ (void *)b->record, b->record_bytes };
-		if (recs[i].means_bytes)
-			iov[3 * i + k++] = (struct iovec){ (void *)b->means, recs[i].means_bytes };
-		len = sizeof(recs[i]) + b->record_bytes + recs[i].means_bytes;
-		r = queue_write(&ring, fd, &iov[3 * i], k, offset, len, &in_flight);
+		/* The reader would stop there and lose the records after it. */
+		if (!record_in_range(b->record_bytes, b->means ? b->means_bytes : 0)) {
+			skipped++;
+			continue;
+		}
+		record_header(b, &recs[w]);
+		iov[3 * w + k++] = (struct iovec){ &recs[w], sizeof(recs[w]) };
+		iov[3 * w + k++] = (struct iovec){ (void *)b->record, b->record_bytes };
+		if (recs[w].means_bytes)
+			iov[3 * w + k++] = (struct iovec){ (void *)b->means, recs[w].means_bytes };
+		len = sizeof(recs[w]) + b->record_bytes + recs[w].means_bytes;
+		r = queue_write(&ring, fd, &iov[3 * w], k, offset, len, &in_flight);
 		if (r < 0)
 			break;
+		w++;
 		offset += len;
 		bytes += b->record_bytes;
 	}
@@ -217,7 +233,7 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 		hdr.record_header_bytes = sizeof(struct snap_record);
 		hdr.block_tokens = block_tokens;
 		hdr.created_usec = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-		hdr.n_records = n;
+		hdr.n_records = w;
 		hdr.data_bytes = offset - sizeof(hdr);
 		hdr.crc = crc32c(0, &hdr, offsetof(struct snap_header, crc));
 		iov[3 * n] = (struct iovec){ &hdr, sizeof(hdr) };
@@ -248,14 +264,25 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 		unlink(tmp);
 		goto out;
 	}
-	/* The rename itself must survive a crash. */
+	/* The rename itself must survive a crash: until the directory is
+	 * synced, a power failure can bring the previous snapshot back. */
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		fsync(dfd);
+	r = dfd < 0 || fsync(dfd) < 0 ? -errno : 0;
+	if (dfd >= 0)
 		close(dfd);
+	if (r < 0) {
+		fail(err, errlen, r,
+		     "%s is written, but syncing directory %s failed (%s): a system crash can bring back the previous one",
+		     path, dir, strerror(-r));
+		goto out;
 	}
-	res->blocks = n;
+	res->blocks = w;
 	res->bytes = bytes;
+	res->skipped = skipped;
+	if (skipped)
+		snprintf(res->problem, sizeof(res->problem),
+			 "skipped %llu blocks over the format's limits (records of %llu bytes, key means of %u bytes)",
+			 (unsigned long long)skipped, (unsigned long long)SNAPSHOT_RECORD_BYTES_MAX, SNAPSHOT_MEANS_BYTES_MAX);
 	res->seconds = now_sec() - t0;
 	r = 0;
 out:
@@ -304,6 +331,8 @@ static int reader_need(struct reader *rd, size_t k)
 		len = rd->cap - rd->end;
 		if (len > rd->file_size - rd->file_pos)
 			len = rd->file_size - rd->file_pos;
+		if (len > READ_MAX)
+			len = READ_MAX;
 		sqe = io_uring_get_sqe(&rd->ring);
 		io_uring_prep_read(sqe, rd->fd, rd->buf + rd->end, (unsigned)len, rd->file_pos);
 		io_uring_sqe_set_data64(sqe, len);
@@ -325,12 +354,30 @@ static const char *check_record(const struct snap_record *h, uint64_t left)
 		return "bad record magic";
 	if (!CRC_OK(crc32c(0, h, offsetof(struct snap_record, crc)), h->crc))
 		return "record header checksum mismatch";
-	if (h->record_bytes == 0 || h->record_bytes > RECORD_BYTES_MAX || h->means_bytes > MEANS_BYTES_MAX ||
-	    h->means_bytes % sizeof(float) || memchr(h->tenant, 0, sizeof(h->tenant)) == NULL)
+	if (!record_in_range(h->record_bytes, h->means_bytes) || memchr(h->tenant, 0, sizeof(h->tenant)) == NULL)
 		return "record header out of range";
 	if (h->record_bytes + h->means_bytes > left)
 		return "record runs past the end of the file";
 	return NULL;
+}
+
+/* Moves a snapshot that was not loaded in full out of the way of the next
+ * save, which would replace it with what was loaded; says so in msg. */
+static void keep_aside(const char *dir, const char *path, char *msg, size_t msglen)
+{
+	char aside[PATH_MAX];
+	size_t len = strnlen(msg, msglen);
+
+	if (len + 1 >= msglen)
+		msg = NULL;
+	snprintf(aside, sizeof(aside), "%s/%s", dir, SNAPSHOT_REJECTED);
+	if (rename(path, aside) == 0) {
+		if (msg)
+			snprintf(msg + len, msglen - len, "; kept as %s", SNAPSHOT_REJECTED);
+	} else if (msg) {
+		snprintf(msg + len, msglen - len, "; cannot rename it to %s (%s): the next save replaces it",
+			 SNAPSHOT_REJECTED, strerror(errno));
+	}
 }
 
 int snapshot_read(const char *dir, uint32_t block_tokens, snapshot_take_fn take, void *userdata,
@@ -341,18 +388,25 @@ int snapshot_read(const char *dir, uint32_t block_tokens, snapshot_take_fn take,
 	struct snap_header hdr;
 	struct stat st;
 	double t0 = now_sec();
-	uint64_t n = 0;
+	uint64_t n = 0, refused = 0;
 	int r;
 
 	*res = (struct snapshot_result){ 0 };
 	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_FILE);
 	rd.fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (rd.fd < 0)
-		return errno == ENOENT ? -ENOENT : fail(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+	if (rd.fd < 0) {
+		if (errno == ENOENT)
+			return -ENOENT;
+		r = fail(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+		keep_aside(dir, path, err, errlen);
+		return r;
+	}
 	r = io_uring_queue_init(4, &rd.ring, 0);
 	if (r < 0) {
 		close(rd.fd);
-		return fail(err, errlen, r, "io_uring_queue_init: %s", strerror(-r));
+		fail(err, errlen, r, "io_uring_queue_init: %s", strerror(-r));
+		keep_aside(dir, path, err, errlen);
+		return r;
 	}
 	if (fstat(rd.fd, &st) < 0) {
 		r = fail(err, errlen, -errno, "cannot stat %s: %s", path, strerror(errno));
@@ -394,6 +448,7 @@ int snapshot_read(const char *dir, uint32_t block_tokens, snapshot_take_fn take,
 		const uint8_t *payload;
 		const char *bad;
 		uint64_t left = rd.file_size - (rd.file_pos - (rd.end - rd.start));
+		int taken;
 
 		if (reader_need(&rd, sizeof(h)) < 0) {
 			snprintf(res->problem, sizeof(res->problem), "truncated after %llu of %llu records",
@@ -427,17 +482,27 @@ int snapshot_read(const char *dir, uint32_t block_tokens, snapshot_take_fn take,
 			.means_bytes = h.means_bytes,
 		};
 		memcpy(b.tenant, h.tenant, sizeof(b.tenant));
-		if (take(userdata, &b) == 0) {
+		taken = take(userdata, &b);
+		if (taken == 0) {
 			res->blocks++;
 			res->bytes += h.record_bytes;
 		} else {
 			res->skipped++;
+			refused += taken != -EEXIST;
 		}
 		rd.start += sizeof(h) + h.record_bytes + h.means_bytes;
 	}
 	res->seconds = now_sec() - t0;
+	if (refused && !res->problem[0])
+		snprintf(res->problem, sizeof(res->problem), "%llu records refused (no room, or a tenant not configured)",
+			 (unsigned long long)refused);
+	/* The next save would write only what was taken. */
+	if (res->problem[0])
+		keep_aside(dir, path, res->problem, sizeof(res->problem));
 	r = 0;
 out:
+	if (r < 0)
+		keep_aside(dir, path, err, errlen);
 	io_uring_queue_exit(&rd.ring);
 	close(rd.fd);
 	free(rd.buf);

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +18,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "arena.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "snapshot.h"
 
 #define DEFAULT_CONFIG "/etc/tqkv/tqkvd.conf"
 /* The unit's FileDescriptorStoreMax= and the socket. */
@@ -142,6 +145,29 @@ static void on_signal(uv_signal_t *h, int signum)
 	uv_close((uv_handle_t *)&d->watchdog, NULL);
 }
 
+/* Copying what the fd store and the snapshot hold runs before READY=1:
+ * asks systemd for the time it may take at a pessimistic 64 MiB/s, plus
+ * 30 s, so that a large cache does not run into TimeoutStartSec=. */
+static void extend_start_timeout(const struct tqkvd_config *cfg, const int *fds, size_t n_fds)
+{
+	uint64_t adopt = 0, bytes;
+	char path[PATH_MAX];
+	struct stat st;
+
+	for (size_t i = 0; i < n_fds; i++)
+		if (fstat(fds[i], &st) == 0)
+			adopt += (uint64_t)st.st_size;
+	/* Arenas are the budget's size each; what they hold is within it. */
+	bytes = adopt < cfg->memory_budget ? adopt : cfg->memory_budget;
+	if (cfg->state_dir) {
+		snprintf(path, sizeof(path), "%s/%s", cfg->state_dir, SNAPSHOT_FILE);
+		if (stat(path, &st) == 0)
+			bytes += (uint64_t)st.st_size;
+	}
+	if (bytes)
+		sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%llu", (30ull + (unsigned long long)(bytes >> 26)) * 1000000ull);
+}
+
 /* Pinged from the loop itself, so a stuck loop stops the pings. */
 static void on_watchdog(uv_timer_t *t)
 {
@@ -240,6 +266,7 @@ int main(int argc, char **argv)
 {
 	struct tqkvd_config cfg;
 	struct daemon_state d = { 0 };
+	struct arena *probe;
 	uint64_t watchdog_usec = 0;
 	int listen_fd = -1, n = 0, r;
 	char **fd_names = NULL;
@@ -255,6 +282,17 @@ int main(int argc, char **argv)
 	}
 	log_set_max_level(cfg.log_level);
 	sd_notify(0, "STATUS=Starting");
+	/* Every tenant's arena is one mapping of the budget's size: fail now,
+	 * not at every REGISTER_MODEL, if this machine cannot map one (address
+	 * space, RLIMIT_AS). */
+	r = arena_new(cfg.memory_budget, &probe);
+	if (r < 0) {
+		log_error_errno(r, "Cannot map an arena of memory_budget = %llu bytes, lower memory_budget",
+				(unsigned long long)cfg.memory_budget);
+		config_free(&cfg);
+		return 2;
+	}
+	arena_free(probe);
 
 	/* From systemd: the listening socket (socket activation) and what a
 	 * crashed predecessor parked in the fd store. */
@@ -304,6 +342,7 @@ int main(int argc, char **argv)
 	/* Under systemd (or anything speaking its notify protocol) the
 	 * tenants' memory is parked in the fd store. */
 	server_set_fdstore(d.server, getenv("NOTIFY_SOCKET") != NULL);
+	extend_start_timeout(&cfg, stored_fds, n_stored);
 	server_adopt_fds(d.server, stored_fds, stored_names, n_stored);
 	server_load(d.server);
 	uv_signal_init(&d.loop, &d.sigterm);

@@ -140,6 +140,8 @@ static inline void daemon_remove_dir(struct test_daemon *d)
 	unlink(path);
 	snprintf(path, sizeof(path), "%s/cache.snapshot.tmp", d->dir);
 	unlink(path);
+	snprintf(path, sizeof(path), "%s/cache.snapshot.rejected", d->dir);
+	unlink(path);
 	rmdir(d->dir);
 }
 

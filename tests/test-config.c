@@ -9,9 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <syslog.h>
 #include <unistd.h>
 
+#include "arena.h"
 #include "config.h"
 
 #define LONG_PATH "/run/tqkv/0123456789012345678901234567890123456789012345678901234567890123456789" \
@@ -199,7 +202,7 @@ ParameterizedTestParameters(config, sizes_accept_suffixes)
 		{ "2g", UINT64_C(2) << 30 },
 		{ "4GB", UINT64_C(4) << 30 },
 		{ "1T", UINT64_C(1) << 40 },
-		{ "256TiB", UINT64_C(256) << 40 },
+		{ "32TiB", UINT64_C(32) << 40 },
 		{ "0001G", UINT64_C(1) << 30 },
 	};
 
@@ -215,6 +218,66 @@ ParameterizedTest(struct size_case *t, config, sizes_accept_suffixes)
 	cr_assert_eq(config_set(&c, "memory_budget", t->text, err, sizeof(err)), 0, "%s: %s", t->text, err);
 	cr_assert_eq(c.memory_budget, t->bytes, "%s: %" PRIu64, t->text, c.memory_budget);
 	config_free(&c);
+}
+
+/* The largest budget accepted is one that can be mapped: an arena of it
+ * (valgrind manages a smaller address space of its own). */
+Test(config, largest_budget_can_be_mapped)
+{
+	const char *preload = getenv("LD_PRELOAD");
+	struct tqkvd_config c;
+	struct arena *a;
+	char err[256] = "";
+	int r;
+
+	if (preload && strstr(preload, "vgpreload"))
+		cr_skip_test("valgrind maps less than %" PRIu64 " bytes", TQKVD_MEMORY_BUDGET_MAX);
+	config_init_defaults(&c);
+	cr_assert_eq(config_set(&c, "memory_budget", "32T", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.memory_budget, TQKVD_MEMORY_BUDGET_MAX);
+	r = arena_new(c.memory_budget, &a);
+	cr_assert_eq(r, 0, "an arena of %" PRIu64 " bytes: %s", c.memory_budget, strerror(-r));
+	cr_assert_eq(arena_size(a), c.memory_budget);
+	arena_free(a);
+	config_free(&c);
+}
+
+/* A budget this machine cannot map (here, under RLIMIT_AS) stops tqkvd at
+ * start with a message and status 2, not at every REGISTER_MODEL. */
+Test(config, unmappable_budget_fails_start_up, .timeout = 30)
+{
+	const char *tqkvd = getenv("TQKVD");
+	char out[4096];
+	size_t len = 0;
+	ssize_t n;
+	int pipefd[2], status;
+	pid_t pid;
+
+	if (!tqkvd)
+		cr_skip_test("$TQKVD must name the daemon binary");
+	cr_assert_eq(pipe(pipefd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct rlimit rl = { 2ull << 30, 2ull << 30 };
+
+		dup2(pipefd[1], 2);
+		close(pipefd[0]);
+		setrlimit(RLIMIT_AS, &rl);
+		execl(tqkvd, tqkvd, "--config", "/dev/null", "--socket", "/tmp/tqkv-test-config-unused.sock",
+		      "--state-directory", "none", "--memory-budget", "4G", (char *) NULL);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	while (len < sizeof(out) - 1 && (n = read(pipefd[0], out + len, sizeof(out) - 1 - len)) > 0)
+		len += (size_t) n;
+	out[len] = 0;
+	close(pipefd[0]);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	if (strstr(out, "Sanitizer"))
+		cr_skip_test("a sanitized tqkvd needs more address space than the limit: %s", out);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 2, "exit status %#x: %s", status, out);
+	cr_assert_not_null(strstr(out, "Cannot map an arena of memory_budget = 4294967296 bytes"), "%s", out);
 }
 
 Test(config, log_level_names_and_numbers)
@@ -244,7 +307,8 @@ Test(config, range_limits_are_inclusive)
 		{ "max_head_dim", "512" }, { "max_head_dim", "1" },
 		{ "max_fds_per_message", "253" }, { "max_layers", "32767" },
 		{ "max_kv_heads", "65535" }, { "max_message_bytes", "16M" },
-		{ "memory_budget", "1M" }, { "max_tokens_per_sequence", "2147483647" },
+		{ "memory_budget", "1M" }, { "memory_budget", "32T" }, { "tenant_quota", "32T" },
+		{ "max_tokens_per_sequence", "2147483647" },
 	};
 	struct tqkvd_config c;
 	char err[256] = "";
@@ -408,9 +472,11 @@ ParameterizedTestParameters(config, bad_file_is_rejected)
 		{ "memory_budget = 1GiBB\n", "memory_budget: invalid size '1GiBB'" },
 		{ "memory_budget = 1iB\n", "memory_budget: invalid size '1iB'" },
 		{ "memory_budget = G\n", "memory_budget: invalid size 'G'" },
-		{ "memory_budget = 512K\n", "memory_budget: 512K is out of range (1M..256T)" },
+		{ "memory_budget = 512K\n", "memory_budget: 512K is out of range (1M..32T)" },
 		{ "memory_budget = 0\n", "memory_budget: 0 is out of range" },
+		{ "memory_budget = 33T\n", "memory_budget: 33T is out of range (1M..32T): a tenant's arena" },
 		{ "memory_budget = 257T\n", "memory_budget: 257T is out of range" },
+		{ "tenant_quota = 33T\n", "tenant_quota: 33T is out of range (0..32T)" },
 		{ "memory_budget = 99999999999999999999\n", "memory_budget: '99999999999999999999' is out of range" },
 		{ "memory_budget = 16777216T\n", "memory_budget: '16777216T' is out of range" },
 		/* block_tokens */

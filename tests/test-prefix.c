@@ -338,6 +338,38 @@ static void snapshot_path(const struct test_daemon *d, char *buf, size_t size)
 	snprintf(buf, size, "%s/cache.snapshot", d->dir);
 }
 
+/* Where the daemon keeps a snapshot it did not load in full. */
+static void rejected_path(const struct test_daemon *d, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s/cache.snapshot.rejected", d->dir);
+}
+
+/* Removes a kept snapshot, so that the directory can go. */
+static void remove_rejected(const struct test_daemon *d)
+{
+	char path[128];
+
+	rejected_path(d, path, sizeof(path));
+	unlink(path);
+}
+
+/* A whole file; the caller frees it. */
+static uint8_t *read_whole(const char *path, size_t *ret_size)
+{
+	struct stat st;
+	uint8_t *p;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	cr_assert_eq(fstat(fd, &st), 0);
+	p = malloc((size_t)st.st_size + 1);
+	cr_assert_not_null(p);
+	cr_assert_eq(read(fd, p, (size_t)st.st_size), st.st_size);
+	close(fd);
+	*ret_size = (size_t)st.st_size;
+	return p;
+}
+
 /* Publishes a 700-token prompt, keeps the attention it computed, and
  * stops the daemon with SIGTERM (it saves the cache). */
 static void publish_and_stop(struct test_daemon *d, float out[N_LAYERS][HEADS * HEAD_DIM])
@@ -412,6 +444,15 @@ Test(prefix, damaged_snapshots_are_detected, .timeout = 90)
 	daemon_restart(&d, NULL);
 	cr_assert_eq(daemon_stat(&d, "snapshot_loaded_blocks"), 3);
 	check_restored(&d, 192, out);
+	/* The damaged file is kept aside, whole, for the next save. */
+	{
+		char kept[128];
+		struct stat ks;
+
+		rejected_path(&d, kept, sizeof(kept));
+		cr_assert_eq(stat(kept, &ks), 0, "the damaged snapshot was not kept");
+		cr_assert_eq(ks.st_size, st.st_size);
+	}
 	daemon_terminate(&d);
 
 	/* It saved 10 blocks again; cut the file in the middle of a record. */
@@ -429,7 +470,46 @@ Test(prefix, damaged_snapshots_are_detected, .timeout = 90)
 	daemon_restart(&d, NULL);
 	cr_assert_eq(daemon_stat(&d, "snapshot_loaded_blocks"), 0);
 	check_restored(&d, 0, out);
+	remove_rejected(&d);
 	daemon_stop(&d);
+}
+
+/* A snapshot the daemon does not load in full (another block size, a
+ * tenancy that names none of its tenants) is kept aside: the saves that
+ * follow cannot destroy it, and renamed back it loads. */
+Test(prefix, rejected_snapshot_survives_the_next_save, .timeout = 90)
+{
+	const char *other_blocks[] = { "--block-tokens", "128", NULL };
+	const char *other_tenancy[] = { "--set", "tenants=gid", NULL };
+	const char *const *configs[] = { other_blocks, other_tenancy };
+	float out[N_LAYERS][HEADS * HEAD_DIM];
+	struct test_daemon d;
+	char path[128], kept[128];
+	uint8_t *saved, *back;
+	size_t size, back_size;
+	struct stat st;
+
+	daemon_start(&d, NULL);
+	publish_and_stop(&d, out);
+	snapshot_path(&d, path, sizeof(path));
+	rejected_path(&d, kept, sizeof(kept));
+	saved = read_whole(path, &size);
+	for (size_t i = 0; i < sizeof(configs) / sizeof(configs[0]); i++) {
+		daemon_restart(&d, configs[i]);
+		cr_assert_eq(daemon_stat(&d, "snapshot_loaded_blocks"), 0);
+		daemon_terminate(&d);  /* saves an empty cache */
+		cr_assert_eq(stat(path, &st), 0);
+		back = read_whole(kept, &back_size);
+		cr_assert(back_size == size && memcmp(back, saved, size) == 0, "config %zu: the kept file differs", i);
+		free(back);
+		cr_assert_eq(rename(kept, path), 0);
+	}
+	daemon_restart(&d, NULL);
+	cr_assert_eq(daemon_stat(&d, "snapshot_loaded_blocks"), 10);
+	cr_assert_neq(stat(kept, &st), 0, "a snapshot loaded in full was set aside");
+	check_restored(&d, 640, out);
+	daemon_stop(&d);
+	free(saved);
 }
 
 /* A daemon killed with SIGKILL loses only what came after its last
@@ -754,6 +834,9 @@ Test(prefix, crash_daemon_killed_while_working, .timeout = 120)
 	daemon_terminate(&d);
 	fd_store_drain(&st);
 	fd_store_close(&st);
+	/* An old snapshot's blocks that no longer fit next to those adopted
+	 * from the fd store are refused, and that snapshot kept. */
+	remove_rejected(&d);
 	daemon_remove_dir(&d);
 	munmap(log, sizeof(*log));
 }

@@ -57,5 +57,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fclose(f);
 	snapshot_read(dir, 64, take, (void *)&sink, &res, err, sizeof(err));
 	unlink(path);
+	/* A file not loaded in full is kept aside under this name. */
+	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_REJECTED);
+	unlink(path);
 	return 0;
 }
