@@ -698,12 +698,21 @@ TQKV_EXPORT int tqkv_seq_trim(struct tqkv_seq *s, uint64_t n_tokens, uint64_t *r
 	if (!s || n_tokens > UINT32_MAX)
 		return -EINVAL;
 	B = s->client->model->block_tokens;
-	/* No block may be in compression while the daemon drops blocks. */
-	r = tqkv_seq_wait(s, s->committed / B * B);
-	if (r < 0)
-		return r;
 	req = (struct tqkv_seq_tokens){ .seq_id = s->id, .n_tokens = (uint32_t)n_tokens };
-	r = call(s->client, TQKV_OP_SEQ_TRIM, &req, sizeof(req), &rep, sizeof(rep), NULL, NULL, NULL);
+	/* The daemon refuses (-EBUSY) while a block is in compression.  Wait
+	 * for that one block only, which a running job always finishes: a
+	 * wait for every committed block would hang when the next one waits
+	 * for memory that only this trim could free. */
+	for (;;) {
+		uint64_t published = tqkv_seq_published(s);
+
+		r = call(s->client, TQKV_OP_SEQ_TRIM, &req, sizeof(req), &rep, sizeof(rep), NULL, NULL, NULL);
+		if (r != -EBUSY)
+			break;
+		r = tqkv_seq_wait(s, published + B);
+		if (r < 0 && r != -EIO)  /* -EIO: it failed, and is no longer in flight */
+			return r;
+	}
 	if (r < 0)
 		return r;
 	s->committed = rep.committed_tokens;

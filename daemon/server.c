@@ -34,6 +34,10 @@
 
 #define OUTBUF_MAX (4u << 20)  /* unread replies before a client is dropped */
 #define FDS_MAX 16
+/* Work for one client per loop iteration, so that a client streaming
+ * requests cannot starve the others, finished jobs and the watchdog. */
+#define READS_PER_WAKEUP 4
+#define REQUESTS_PER_WAKEUP 128
 
 struct client;
 
@@ -61,6 +65,7 @@ struct sequence {
 	bool private;         /* TQKV_SEQ_PRIVATE */
 	bool attaching;       /* opened with a prompt, nothing committed since */
 	bool job_in_flight, closed;
+	bool slot_lost;       /* closed, slot reused: its job may read another sequence's rows */
 	bool broken;          /* a block failed to compress: no more jobs */
 	struct job job;
 	struct cblock *job_block;
@@ -101,6 +106,7 @@ struct client {
 	unsigned refs;          /* the client itself + jobs in flight */
 	uint8_t *in;
 	size_t in_len;
+	bool backlog;           /* complete requests wait in `in` for on_idle() */
 	uint8_t *out;
 	size_t out_len, out_cap;
 	struct model *model;
@@ -131,6 +137,7 @@ struct server {
 	const struct tqkvd_config *cfg;
 	int listen_fd;
 	uv_poll_t listen_poll;
+	uv_idle_t idle;  /* active while clients have a backlog */
 	uv_timer_t snapshot_timer;
 	uv_work_t snapshot_work;
 	struct save_job *saving;  /* a background snapshot in flight */
@@ -588,6 +595,8 @@ static void seq_finalize(struct sequence *q)
 	for (pp = &c->seqs; *pp != q; pp = &(*pp)->next)
 		;
 	*pp = q->next;
+	if (c->slots[q->slot] == q)
+		c->slots[q->slot] = NULL;
 	while (q->waiters) {
 		struct waiter *w = q->waiters;
 
@@ -608,7 +617,7 @@ static void seq_close(struct sequence *q)
 	if (q->closed)
 		return;
 	q->closed = true;
-	c->slots[q->slot] = NULL;
+	/* Its slot stays taken while a job reads it (seq_finalize()). */
 	c->n_seqs--;
 	seq_finalize(q);
 }
@@ -651,7 +660,7 @@ static void on_job_done(struct job *j, void *userdata)
 	int result = j->result;
 
 	q->job_in_flight = false;
-	if (result == 0) {
+	if (result == 0 && !q->slot_lost) {
 		struct cblock *b = q->job_block;
 
 		if (j->block == 0 && q->means_bytes) {
@@ -670,8 +679,12 @@ static void on_job_done(struct job *j, void *userdata)
 		hash_blocks(s, q);
 		pass_windows(s, q);
 	} else {
+		/* Failed, or compressed from a reused slot: it may hold
+		 * another sequence's rows, never index it under q's ids. */
 		tenant_release(s, c->tenant, q->job_block->offset, q->job_block->bytes);
 		cache_block_free(s->cache, q->job_block);
+	}
+	if (result != 0) {
 		q->broken = true;  /* retrying would fail the same way, forever */
 		s->stats.compress_failures++;
 		if (ratelimit_below(&s->rl))
@@ -767,10 +780,13 @@ static int do_hello(struct client *c, const struct tqkv_msg_header *h, struct ms
 static int create_staging(struct client *c)
 {
 	const struct model *m = c->model;
-	uint64_t bytes = m->slot_bytes * m->reg.max_sequences;
+	uint64_t bytes;
 	int fd, r;
 
-	if (bytes > c->server->cfg->memory_budget)
+	/* Limits allow slot_bytes near 2^61 and 2^20 slots: a product that
+	 * wraps would map a small memfd the slots point past. */
+	if (__builtin_mul_overflow(m->slot_bytes, (uint64_t)m->reg.max_sequences, &bytes) ||
+	    bytes > c->server->cfg->memory_budget)
 		return -E2BIG;
 	fd = memfd_create("tqkv-staging", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
@@ -950,6 +966,12 @@ static int seq_create(struct client *c, struct sequence **ret)
 
 	for (slot = 0; slot < m->reg.max_sequences && c->slots[slot]; slot++)
 		;
+	/* A closed sequence keeps its slot while its job reads it; when no
+	 * slot is free, take one and drop what that job makes instead, so
+	 * that closing then opening never fails. */
+	for (uint32_t i = 0; slot == m->reg.max_sequences && i < m->reg.max_sequences; i++)
+		if (c->slots[i]->closed)
+			slot = i;
 	if (slot == m->reg.max_sequences)
 		return -EMFILE;
 	q = calloc(1, sizeof(*q));
@@ -983,6 +1005,8 @@ static int seq_create(struct client *c, struct sequence **ret)
 	};
 	q->next = c->seqs;
 	c->seqs = q;
+	if (c->slots[slot])
+		c->slots[slot]->slot_lost = true;
 	c->slots[slot] = q;
 	c->n_seqs++;
 	c->tenant->sequences++;
@@ -1326,6 +1350,9 @@ static int do_seq_trim(struct client *c, const struct tqkv_msg_header *h, struct
 	}
 	while (q->window_passed > window_frontier(c->model, keep))
 		cache_window_unpass(c->server->cache, q->blocks[--q->window_passed]);
+	/* Fewer full blocks may be left to publish: a wait for a block that
+	 * waited for memory is answered now, not once memory frees. */
+	answer_waiters(q);
 	rep = (struct tqkv_seq_tokens_reply){ q->committed, published_tokens(q) };
 	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
 }
@@ -1568,10 +1595,79 @@ static void close_fds(const struct msghdr *mh)
 		}
 }
 
+static void on_idle(uv_idle_t *idle);
+
+/* Handles the complete requests in c->in, at most *budget of them, and
+ * keeps the rest of the bytes; complete requests left over are c's
+ * backlog, for on_idle(): the socket may have nothing more to wake us. */
+static void handle_input(struct client *c, unsigned *budget)
+{
+	size_t cap = c->server->cfg->limits.max_message_bytes, off = 0;
+
+	c->backlog = false;
+	while (c->in_len - off >= sizeof(struct tqkv_msg_header)) {
+		struct tqkv_msg_header h;
+
+		memcpy(&h, c->in + off, sizeof(h));
+		if (h.size < sizeof(h) || h.size > cap) {
+			violation(c, h.opcode, h.serial, h.size > cap ? EMSGSIZE : EBADMSG,
+				  h.size > cap ? "message larger than max_message_bytes" : "message size below header");
+			return;
+		}
+		if (c->in_len - off < h.size)
+			break;
+		if (*budget == 0) {
+			c->backlog = true;
+			uv_idle_start(&c->server->idle, on_idle);
+			break;
+		}
+		(*budget)--;
+		/* Handlers return what sending their reply returned: a client
+		 * that does not read its replies (output over the cap, or fds
+		 * that cannot go out) is disconnected rather than left without
+		 * answers. */
+		if (dispatch(c, &h, c->in + off + sizeof(h)) < 0 && !c->dead) {
+			if (ratelimit_below(&c->rl))
+				log_warning("client %u (pid %d): replies cannot be delivered, disconnecting", c->id,
+					    (int)c->pid);
+			client_disconnect(c);
+		}
+		if (c->dead)
+			return;
+		off += h.size;
+	}
+	/* Once per call: moving the rest after every request is quadratic. */
+	memmove(c->in, c->in + off, c->in_len - off);
+	c->in_len -= off;
+}
+
+/* Another share of every backlog, once per loop iteration; polling does
+ * not wait meanwhile. */
+static void on_idle(uv_idle_t *idle)
+{
+	struct server *s = idle->data;
+	bool more = false;
+
+	for (struct client *c = s->clients, *next; c; c = next) {
+		unsigned budget = REQUESTS_PER_WAKEUP;
+
+		next = c->next;  /* handling may disconnect c */
+		if (!c->backlog)
+			continue;
+		handle_input(c, &budget);
+		more = more || (c->backlog && !c->dead);
+	}
+	if (!more)
+		uv_idle_stop(idle);
+}
+
+/* The poll is level-triggered: bytes left in the socket wake us again on
+ * the next iteration. */
 static void on_client_event(uv_poll_t *p, int status, int events)
 {
 	struct client *c = p->data;
 	size_t cap = c->server->cfg->limits.max_message_bytes;
+	unsigned budget = REQUESTS_PER_WAKEUP;
 
 	if (status < 0) {
 		client_disconnect(c);
@@ -1583,9 +1679,10 @@ static void on_client_event(uv_poll_t *p, int status, int events)
 			return;
 		}
 	}
-	if (!(events & UV_READABLE))
+	/* With a backlog, `in` may be full: on_idle() reads on. */
+	if (!(events & UV_READABLE) || c->backlog)
 		return;
-	for (;;) {
+	for (unsigned i = 0; i < READS_PER_WAKEUP && budget; i++) {
 		union {
 			char buf[CMSG_SPACE(sizeof(int) * FDS_MAX)];
 			struct cmsghdr align;
@@ -1608,32 +1705,9 @@ static void on_client_event(uv_poll_t *p, int status, int events)
 			return;
 		}
 		c->in_len += (size_t)n;
-		while (c->in_len >= sizeof(struct tqkv_msg_header)) {
-			struct tqkv_msg_header h;
-
-			memcpy(&h, c->in, sizeof(h));
-			if (h.size < sizeof(h) || h.size > cap) {
-				violation(c, h.opcode, h.serial, h.size > cap ? EMSGSIZE : EBADMSG,
-					  h.size > cap ? "message larger than max_message_bytes" : "message size below header");
-				return;
-			}
-			if (c->in_len < h.size)
-				break;
-			/* Handlers return what sending their reply returned: a
-			 * client that does not read its replies (output over the
-			 * cap, or fds that cannot go out) is disconnected rather
-			 * than left without answers. */
-			if (dispatch(c, &h, c->in + sizeof(h)) < 0 && !c->dead) {
-				if (ratelimit_below(&c->rl))
-					log_warning("client %u (pid %d): replies cannot be delivered, disconnecting", c->id,
-						    (int)c->pid);
-				client_disconnect(c);
-			}
-			if (c->dead)
-				return;
-			memmove(c->in, c->in + h.size, c->in_len - h.size);
-			c->in_len -= h.size;
-		}
+		handle_input(c, &budget);
+		if (c->dead || c->backlog)
+			return;
 	}
 }
 
@@ -2202,6 +2276,8 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 		goto fail;
 	s->listen_poll.data = s;
 	uv_poll_start(&s->listen_poll, UV_READABLE, on_listen_event);
+	uv_idle_init(loop, &s->idle);
+	s->idle.data = s;
 	uv_timer_init(loop, &s->snapshot_timer);
 	s->snapshot_timer.data = s;
 	if (cfg->state_dir && cfg->snapshot_interval)
@@ -2224,6 +2300,8 @@ void server_stop(struct server *s)
 	s->pool = NULL;
 	uv_poll_stop(&s->listen_poll);
 	uv_close((uv_handle_t *)&s->listen_poll, NULL);
+	uv_idle_stop(&s->idle);
+	uv_close((uv_handle_t *)&s->idle, NULL);
 	/* A clean stop saves a snapshot: the fd store is for crashes. */
 	for (struct tenant *t = s->tenants; t; t = t->next)
 		if (t->dir) {

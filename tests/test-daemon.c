@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
 
 #include "daemon-fixture.h"
 
@@ -267,4 +268,108 @@ Test(daemon, daemon_preset_applies_to_flagged_layers, .timeout = 60)
 	cr_assert(strstr(tqkv_client_error(c), "sets no preset"), "%s", tqkv_client_error(c));
 	tqkv_client_free(c);
 	daemon_stop(&d);
+}
+
+/* Stops the daemon's threads but the loop (the compression worker) with
+ * ptrace, so that jobs queue and none runs.  Returns how many it stopped:
+ * none where ptrace is not allowed. */
+static int stop_workers(pid_t pid, pid_t *tids, int max)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *dir;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	dir = opendir(path);
+	cr_assert_not_null(dir);
+	while ((e = readdir(dir)) && n < max) {
+		pid_t tid = (pid_t)atoi(e->d_name);
+		int status;
+
+		if (tid <= 0 || tid == pid || ptrace(PTRACE_SEIZE, tid, NULL, NULL) < 0)
+			continue;
+		tids[n++] = tid;
+		cr_assert_eq(ptrace(PTRACE_INTERRUPT, tid, NULL, NULL), 0);
+		cr_assert_eq(waitpid(tid, &status, __WALL), tid);
+	}
+	closedir(dir);
+	return n;
+}
+
+static void resume_workers(const pid_t *tids, int n)
+{
+	for (int i = 0; i < n; i++)
+		cr_assert_eq(ptrace(PTRACE_DETACH, tids[i], NULL, NULL), 0);
+}
+
+/* Writes the rows of tokens [0, n) of seed, committing nothing. */
+static void write_rows(struct tqkv_seq *s, uint64_t seed, uint64_t n)
+{
+	for (uint64_t t = 0; t < n; t++) {
+		uint16_t k[N_LAYERS][HEADS * HEAD_DIM], v[N_LAYERS][HEADS * HEAD_DIM];
+		const uint16_t *kp[N_LAYERS], *vp[N_LAYERS];
+
+		for (uint32_t l = 0; l < N_LAYERS; l++) {
+			token_rows(seed, t, l, 0, k[l]);
+			token_rows(seed, t, l, 1, v[l]);
+			kp[l] = test_layers[l].kv_source >= 0 ? NULL : k[l];
+			vp[l] = test_layers[l].kv_source >= 0 ? NULL : v[l];
+		}
+		cr_assert_eq(tqkv_seq_write_layers(s, t, kp, vp), 0);
+	}
+}
+
+/* A sequence closed while its block waits for the worker, then a new one
+ * writing other rows into the client's staging: the block the worker
+ * makes of the closed one's slot is indexed under the closed one's token
+ * ids only if it holds the closed one's rows.  With a free slot the new
+ * sequence takes that one and the block is cached; with none it takes
+ * the closed one's slot and the block is dropped.  The worker is stopped
+ * (ptrace) meanwhile, else it would win the race almost always. */
+Test(daemon, reopened_slot_does_not_poison_the_cache, .timeout = 60)
+{
+	for (uint32_t slots = 2; slots >= 1; slots--) {
+		struct tqkv_model m = test_model;
+		struct test_daemon d;
+		struct tqkv_client *c;
+		struct tqkv_seq *closed, *reopened, *s;
+		uint64_t cached = 1;
+		uint32_t ids[65];
+		pid_t tids[16];
+		int n_stopped;
+
+		m.max_sequences = slots;
+		for (uint32_t i = 0; i < 65; i++)
+			ids[i] = 7000 + i;
+		daemon_start(&d, NULL);
+		cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+		cr_assert_eq(tqkv_client_register_model(c, &m), 0, "%s", tqkv_client_error(c));
+		cr_assert_eq(tqkv_seq_open_prompt(c, ids, 65, 0, &closed, &cached), 0);
+		cr_assert_eq(cached, 0);
+		write_rows(closed, 11, 64);
+		n_stopped = stop_workers(d.pid, tids, 16);
+		if (!n_stopped)
+			cr_log_warn("ptrace is not allowed: the worker races the rewrite");
+		cr_assert_eq(tqkv_seq_commit(closed, 64), 0);
+		cr_assert_eq(tqkv_seq_close(closed), 0);
+		cr_assert_eq(tqkv_seq_open(c, &reopened), 0, "%s", tqkv_client_error(c));
+		write_rows(reopened, 22, 64);
+		cr_assert_eq(tqkv_seq_commit(reopened, 64), 0);
+		resume_workers(tids, n_stopped);
+		/* One worker, jobs in order: the closed sequence's is done. */
+		cr_assert_eq(tqkv_seq_wait(reopened, 64), 0);
+		cr_assert_eq(tqkv_seq_close(reopened), 0);
+
+		cr_assert_eq(tqkv_seq_open_prompt(c, ids, 65, 0, &s, &cached), 0);
+		if (cached)
+			check_tokens(s, 11, 64);
+		if (slots == 2)
+			cr_assert_eq(cached, 64, "the closed sequence's block was not cached");
+		else if (n_stopped)
+			cr_assert_eq(cached, 0, "a block read from a reused slot was cached");
+		cr_assert_eq(tqkv_seq_close(s), 0);
+		tqkv_client_free(c);
+		daemon_stop(&d);
+	}
 }

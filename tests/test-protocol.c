@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <poll.h>
 #include <stdbool.h>
 
 #include "daemon-harness.h"
@@ -152,5 +153,188 @@ Test(protocol, bad_messages_table, .timeout = 120)
 	}
 	cr_assert_eq(settled_fds(d.pid, fds_before), fds_before, "the daemon kept fds of bad clients");
 	cr_assert_eq(daemon_stat(&d, "protocol_violations_total"), 13);
+	daemon_stop(&d);
+}
+
+/* Staging is max_sequences slots: at the limits a daemon can be given,
+ * the size needs more than 64 bits.  9 heads of 512 dims (18432 bytes a
+ * token), 974376768 staging tokens and 1027118 sequences make 2^64 +
+ * 21757952 bytes, which wrapped to a 21 MiB memfd that later slots point
+ * past; it must be refused as larger than the budget. */
+Test(protocol, staging_size_overflow_is_refused, .timeout = 60)
+{
+	const char *extra[] = { "--set", "max_sequences_per_client=1048576", "--set",
+				"max_tokens_per_sequence=2147483647", NULL };
+	static const struct tqkv_layer_desc layer = { .n_kv_heads = 9, .head_dim = 512, .kv_source = -1,
+						      .k_kind = TQKV_KIND_FP16, .v_kind = TQKV_KIND_FP16 };
+	const struct tqkv_model m = { .fingerprint = 0x0bad5123, .n_layers = 1, .layers = &layer,
+				      .staging_tokens = 974376768, .max_sequences = 1027118 };
+	struct test_daemon d;
+	struct tqkv_client *c;
+
+	daemon_start(&d, extra);
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &m), -E2BIG, "%s", tqkv_client_error(c));
+	cr_assert(strstr(tqkv_client_error(c), "larger than memory_budget"), "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_client_ping(c), 0);
+	tqkv_client_free(c);
+	cr_assert_eq(daemon_stat(&d, "staging_bytes"), 0);
+	daemon_stop(&d);
+}
+
+static uint64_t now_msec(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Sends PINGs for ms milliseconds as fast as the socket takes them,
+ * reading the replies as they come (a client that reads nothing is
+ * dropped, which would end the flood early). */
+static void flood_pings(const struct test_daemon *d, unsigned ms)
+{
+	static struct tqkv_msg_header pings[4096];
+	static uint8_t sink[1 << 20];
+	uint64_t end = now_msec() + ms;
+	size_t pos = 0;
+	int sock = raw_connect(d);
+
+	raw_hello(sock);
+	for (size_t i = 0; i < sizeof(pings) / sizeof(pings[0]); i++)
+		pings[i] = (struct tqkv_msg_header){ sizeof(pings[0]), TQKV_OP_PING, 0, 100, 0, 0 };
+	fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) | O_NONBLOCK);
+	while (now_msec() < end) {
+		struct pollfd p = { sock, POLLIN | POLLOUT, 0 };
+		ssize_t n;
+
+		if (poll(&p, 1, 100) < 0)
+			_exit(1);
+		if (p.revents & (POLLERR | POLLHUP))
+			_exit(1);
+		if ((p.revents & POLLIN) && recv(sock, sink, sizeof(sink), MSG_DONTWAIT) <= 0 && errno != EAGAIN)
+			_exit(1);
+		if (!(p.revents & POLLOUT))
+			continue;
+		/* All the same 16 bytes: a partial send keeps the framing. */
+		n = send(sock, (uint8_t *)pings + pos, sizeof(pings) - pos, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0)
+			pos = (pos + (size_t)n) % sizeof(pings);
+	}
+	close(sock);
+}
+
+/* One client streaming requests gets a bounded share of each loop
+ * iteration: another client's PING is answered at once, not when the
+ * stream stops (the watchdog would not be either). */
+Test(protocol, streaming_client_does_not_starve_others, .timeout = 60)
+{
+	struct test_daemon d;
+	struct tqkv_client *c;
+	uint64_t t0, waited;
+	pid_t kid;
+	int status;
+
+	daemon_start(&d, NULL);
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	kid = fork();
+	cr_assert_geq(kid, 0);
+	if (kid == 0) {
+		flood_pings(&d, 4000);
+		_exit(0);
+	}
+	sleep_ms(500);
+	t0 = now_msec();
+	cr_assert_eq(tqkv_client_ping(c), 0);
+	waited = now_msec() - t0;
+	cr_assert_eq(waitpid(kid, &status, 0), kid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the flooding client failed: %#x", status);
+	cr_assert_lt(waited, 1000, "PING answered after %llu ms", (unsigned long long)waited);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
+
+/* A raw request and its reply (the next message must be that reply). */
+static void raw_call(int sock, uint16_t opcode, uint32_t serial, const void *req, size_t len, void *out,
+		     size_t out_size)
+{
+	struct tqkv_msg_header h = { (uint32_t)(sizeof(h) + len), opcode, 0, serial, 0, 0 };
+	uint8_t buf[512];
+
+	raw_send(sock, &h, req, len);
+	cr_assert_eq(raw_recv(sock, &h, buf, sizeof(buf), NULL, NULL), (int)out_size, "opcode %u", opcode);
+	cr_assert_eq(h.serial, serial);
+	cr_assert_eq(h.flags, TQKV_MSG_REPLY, "opcode %u failed", opcode);
+	memcpy(out, buf, out_size);
+}
+
+/* A SEQ_WAIT for a block that waits for memory, then a SEQ_TRIM that
+ * leaves no full block to publish: the wait is answered then, not once
+ * memory frees. */
+Test(protocol, trim_answers_pending_wait, .timeout = 60)
+{
+	const char *extra[] = { "--memory-budget", "1M", "--set", "max_tokens_per_sequence=4096", NULL };
+	static const struct tqkv_layer_desc layer = { .n_kv_heads = 1, .head_dim = 64, .kv_source = -1,
+						      .k_kind = TQKV_KIND_FP16, .v_kind = TQKV_KIND_FP16 };
+	const struct tqkv_model m = { .fingerprint = 0x7817, .n_layers = 1, .layers = &layer, .staging_tokens = 128,
+				      .max_sequences = 1 };
+	struct tqkv_register_reply reg;
+	struct tqkv_seq_open_reply opened;
+	struct tqkv_seq_tokens req;
+	struct tqkv_seq_tokens_reply rep;
+	struct tqkv_msg_header h;
+	struct test_daemon d;
+	int sock, fds[4];
+	unsigned n_fds = 0, k;
+	bool stalled = false, got_wait = false, got_trim = false;
+
+	daemon_start(&d, extra);
+	sock = raw_connect(&d);
+	raw_hello(sock);
+	raw_register(sock, &m, &reg, fds, &n_fds);
+	for (unsigned i = 0; i < n_fds; i++)
+		close(fds[i]);
+	raw_call(sock, TQKV_OP_SEQ_OPEN, 3, NULL, 0, &opened, sizeof(opened));
+	/* Zero rows are fine rows: commit block after block until one finds
+	 * no memory (nothing unheld to evict), its SEQ_WAIT left pending. */
+	for (k = 1; k < 1000 && !stalled; k++) {
+		struct tqkv_msg_header w = { sizeof(w) + sizeof(req), TQKV_OP_SEQ_WAIT, 0, 1000 + k, 0, 0 };
+		struct pollfd p = { sock, POLLIN, 0 };
+
+		req = (struct tqkv_seq_tokens){ opened.seq_id, k * 64 };
+		raw_call(sock, TQKV_OP_SEQ_COMMIT, 4, &req, sizeof(req), &rep, sizeof(rep));
+		raw_send(sock, &w, &req, sizeof(req));
+		while (poll(&p, 1, 200) == 0) {
+			/* No job queued or running, and still no reply: it waits
+			 * for memory (STATS delivers finished jobs first). */
+			if (daemon_stat(&d, "worker_queue_depth") == 0 && poll(&p, 1, 0) == 0) {
+				stalled = true;
+				break;
+			}
+		}
+		if (!stalled) {
+			cr_assert_eq(raw_recv(sock, &h, &rep, sizeof(rep), NULL, NULL), (int)sizeof(rep));
+			cr_assert_eq(h.flags, TQKV_MSG_REPLY, "SEQ_WAIT %u failed", k * 64);
+			cr_assert_eq(rep.published_tokens, k * 64);
+		}
+	}
+	cr_assert(stalled, "a 1 MiB budget held %u blocks", k);
+	k--;
+	cr_assert_gt(k, 1);
+	req = (struct tqkv_seq_tokens){ opened.seq_id, (k - 1) * 64 };
+	h = (struct tqkv_msg_header){ sizeof(h) + sizeof(req), TQKV_OP_SEQ_TRIM, 0, 5, 0, 0 };
+	raw_send(sock, &h, &req, sizeof(req));
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(raw_recv(sock, &h, &rep, sizeof(rep), NULL, NULL), (int)sizeof(rep),
+			     "no reply to %s", got_trim ? "the SEQ_WAIT" : "SEQ_TRIM or SEQ_WAIT");
+		cr_assert_eq(h.flags, TQKV_MSG_REPLY);
+		got_wait |= h.opcode == TQKV_OP_SEQ_WAIT && h.serial == 1000 + k;
+		got_trim |= h.opcode == TQKV_OP_SEQ_TRIM && h.serial == 5;
+		cr_assert_eq(rep.committed_tokens, (k - 1) * 64);
+		cr_assert_eq(rep.published_tokens, (k - 1) * 64);
+	}
+	cr_assert(got_wait && got_trim);
+	close(sock);
 	daemon_stop(&d);
 }
