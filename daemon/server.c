@@ -1938,6 +1938,8 @@ static void save_job_log(const struct save_job *j, const char *when)
 	log_info("Saved %llu cached blocks (%.1f MiB) to %s/%s %sin %.3f s (%.2f GB/s)",
 		 (unsigned long long)j->res.blocks, (double)j->res.bytes / 1048576.0, j->server->cfg->state_dir,
 		 SNAPSHOT_FILE, when, j->res.seconds, j->res.seconds > 0 ? (double)j->res.bytes / j->res.seconds / 1e9 : 0.0);
+	if (j->res.skipped)
+		log_warning("The saved cache lacks some blocks: %s", j->res.problem);
 }
 
 int server_save(struct server *s)
@@ -2236,7 +2238,7 @@ int server_load(struct server *s)
 		return 0;
 	}
 	if (res.problem[0])
-		log_warning("Loaded %llu cached blocks (%.1f MiB) from %s/%s, then stopped: %s; %llu skipped",
+		log_warning("Loaded %llu cached blocks (%.1f MiB) from %s/%s, not all of it: %s; %llu skipped",
 			    (unsigned long long)res.blocks, (double)res.bytes / 1048576.0, s->cfg->state_dir, SNAPSHOT_FILE,
 			    res.problem, (unsigned long long)res.skipped);
 	else
