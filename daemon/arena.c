@@ -25,6 +25,7 @@ struct arena {
 	uint64_t size;
 	uint64_t top;    /* bump pointer */
 	uint64_t populated;  /* pages below this were faulted in ahead of use */
+	uint64_t high;       /* the highest top so far: pages below it were written */
 	uint64_t used;
 	struct free_range *free;
 };
@@ -109,6 +110,11 @@ uint64_t arena_bytes_used(const struct arena *a)
 	return a->used;
 }
 
+uint64_t arena_bytes_resident(const struct arena *a)
+{
+	return a->populated > a->high ? a->populated : a->high;
+}
+
 /* Faults fresh pages in bulk, on the loop thread, a few MiB ahead of the
  * bump pointer: one madvise is much cheaper than a page fault per 4 KiB in
  * the worker's encoder.  Best effort (Linux >= 5.14). */
@@ -157,6 +163,8 @@ int arena_alloc(struct arena *a, uint64_t size, uint64_t *ret_offset)
 		return -ENOMEM;
 	off = a->top;
 	a->top += size;
+	if (a->top > a->high)
+		a->high = a->top;
 	populate_ahead(a);
 	a->used += size;
 	*ret_offset = off;

@@ -29,5 +29,9 @@ int arena_alloc(struct arena *a, uint64_t size, uint64_t *ret_offset);
 void arena_release(struct arena *a, uint64_t offset, uint64_t size);
 
 uint64_t arena_bytes_used(const struct arena *a);
+/* Bytes of the arena that hold memory: written or faulted in ahead of use
+ * at some time.  Freed ranges stay resident (hole punching is sealed off)
+ * and are reused, so this only grows, up to the arena's size. */
+uint64_t arena_bytes_resident(const struct arena *a);
 
 #endif

@@ -1420,13 +1420,15 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 	struct server *s = c->server;
 	const struct cache_usage *u = cache_usage(s->cache);
 	bool all = sees_all_tenants(c);
-	uint64_t sequences = 0, tail = 0;
+	uint64_t sequences = 0, tail = 0, resident = 0;
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
 
 	if (!f)
 		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+	for (struct tenant *t = s->tenants; t; t = t->next)
+		resident += t->arena ? arena_bytes_resident(t->arena) : 0;
 	for (struct client *k = s->clients; k; k = k->next)
 		for (struct sequence *q = k->seqs; q; q = q->next) {
 			if (q->closed)
@@ -1440,7 +1442,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		"# Clients\n"
 		"clients:%u\nclients_total:%llu\n"
 		"# Memory\n"
-		"memory_budget_bytes:%llu\narena_bytes_used:%llu\nstaging_bytes:%llu\n"
+		"memory_budget_bytes:%llu\narena_bytes_used:%llu\narena_bytes_resident:%llu\nstaging_bytes:%llu\n"
 		"# Sequences\n"
 		"sequences:%llu\nsequences_total:%llu\ntail_tokens:%llu\n"
 		"# Blocks\n"
@@ -1459,7 +1461,7 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 		(unsigned long long)((now_usec() - s->start_usec) / 1000000u), s->cfg->block_tokens,
 		s->n_clients, (unsigned long long)s->stats.clients_total,
 		(unsigned long long)s->cfg->memory_budget, (unsigned long long)s->arena_used,
-		(unsigned long long)s->staging_bytes,
+		(unsigned long long)resident, (unsigned long long)s->staging_bytes,
 		(unsigned long long)sequences, (unsigned long long)s->stats.sequences_total, (unsigned long long)tail,
 		(unsigned long long)s->stats.blocks_compressed, (unsigned long long)u->blocks,
 		(unsigned long long)s->stats.blocks_freed, (unsigned long long)u->bytes,
@@ -1479,8 +1481,9 @@ static int do_stats(struct client *c, const struct tqkv_msg_header *h)
 	for (struct tenant *t = s->tenants; t; t = t->next) {
 		if (!all && t != c->tenant)
 			continue;
-		fprintf(f, "# Tenant %s\nclients:%u\nsequences_total:%llu\narena_bytes_used:%llu\n", t->name,
-			t->clients, (unsigned long long)t->sequences, (unsigned long long)t->arena_used);
+		fprintf(f, "# Tenant %s\nclients:%u\nsequences_total:%llu\narena_bytes_used:%llu\narena_bytes_resident:%llu\n",
+			t->name, t->clients, (unsigned long long)t->sequences, (unsigned long long)t->arena_used,
+			(unsigned long long)(t->arena ? arena_bytes_resident(t->arena) : 0));
 		fprintf(f, "prefix_lookups:%llu\nprefix_query_tokens:%llu\nprefix_hit_tokens:%llu\nprefix_hit_rate:%.4f\n",
 			(unsigned long long)t->prefix_lookups, (unsigned long long)t->prefix_query_tokens,
 			(unsigned long long)t->prefix_hit_tokens, ratio(t->prefix_hit_tokens, t->prefix_query_tokens));

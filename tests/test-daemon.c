@@ -88,6 +88,10 @@ Test(daemon, stats_show_compression, .timeout = 60)
 	cr_assert_eq(stats_value(text, "blocks_live"), 3);
 	cr_assert_eq(stats_value(text, "tail_tokens"), 8);
 	cr_assert_gt(stats_value(text, "bytes_fp16_equivalent"), stats_value(text, "bytes_compressed"));
+	/* What the arena holds in memory covers what it has handed out. */
+	cr_assert_geq(stats_value(text, "arena_bytes_resident"), stats_value(text, "arena_bytes_used"));
+	cr_assert_geq(stats_value(strstr(text, "# Tenant"), "arena_bytes_resident"),
+		      stats_value(strstr(text, "# Tenant"), "arena_bytes_used"));
 	free(text);
 	{
 		/* fp16 read-back of the exact tail equals what was written. */
