@@ -16,7 +16,8 @@
  *
  * Thread safety: a struct tqkv_client and its sequences may be used by one
  * thread at a time (serialise requests yourself); views and codecs are
- * read-only and may be used from any thread while the sequence is open.
+ * read-only and may be used from any thread while the sequence is open and
+ * the view is current (struct tqkv_layer_view).
  */
 #ifndef TQKV_CLIENT_H
 #define TQKV_CLIENT_H
@@ -164,7 +165,12 @@ TQKV_EXPORT uint64_t tqkv_seq_committed(const struct tqkv_seq *s);
 TQKV_EXPORT uint64_t tqkv_seq_published(const struct tqkv_seq *s);
 
 /* A read-only view of one layer of a sequence: published blocks, then the
- * FP16 tail.  It stays valid while the sequence is open. */
+ * FP16 tail.  Its memory stays mapped while the sequence is open, but its
+ * tail rows live in the staging ring, which later writes reuse: it reads
+ * the tokens it was taken with until the sequence writes a token
+ * staging_tokens past the view's first tail token (n_blocks *
+ * block_tokens), or is trimmed below n_tokens.  Take a new view after
+ * writing, as a decode step does anyway. */
 struct tqkv_layer_view {
 	uint32_t layer;           /* the layer whose KV this is (after kv_source) */
 	uint32_t n_kv_heads, head_dim;
