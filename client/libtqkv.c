@@ -50,7 +50,8 @@ struct tqkv_client {
 struct tqkv_seq {
 	struct tqkv_client *client;
 	uint32_t id, slot;
-	const struct tqkv_seq_desc *desc;
+	const struct tqkv_seq_desc *desc;  /* shared: only n_blocks is read again */
+	uint32_t max_blocks;               /* entries of table, as checked at open */
 	const uint64_t *table;
 	const float *key_means;   /* NULL if no layer is centered */
 	uint8_t *ring;
@@ -516,12 +517,14 @@ static bool in_arena(const struct tqkv_client *c, uint64_t offset, uint64_t size
 /* The sequence a SEQ_OPEN or SEQ_FORK reply describes, checked. */
 static int seq_from_reply(struct tqkv_client *c, const struct tqkv_seq_open_reply *rep, struct tqkv_seq **ret)
 {
-	const struct tqkv_seq_desc *d;
+	struct tqkv_seq_desc copy, *d = &copy;
 	struct tqkv_seq *s;
 
 	if (!in_arena(c, rep->desc_offset, sizeof(*d)) || rep->slot >= c->model->reg.max_sequences)
 		return set_error(c, -EBADMSG, "tqkvd sent a sequence outside the shared memory");
-	d = (const void *)(c->arena + rep->desc_offset);
+	/* Checked and used as one copy: the shared descriptor may change
+	 * between two reads of it. */
+	memcpy(&copy, c->arena + rep->desc_offset, sizeof(copy));
 	if (!in_arena(c, d->block_table_offset, (uint64_t)d->max_blocks * 8) ||
 	    d->block_tokens != c->model->block_tokens ||
 	    rep->cached_tokens > (uint64_t)d->max_blocks * d->block_tokens || rep->cached_tokens % d->block_tokens ||
@@ -534,7 +537,8 @@ static int seq_from_reply(struct tqkv_client *c, const struct tqkv_seq_open_repl
 	s->client = c;
 	s->id = rep->seq_id;
 	s->slot = rep->slot;
-	s->desc = d;
+	s->desc = (const void *)(c->arena + rep->desc_offset);
+	s->max_blocks = d->max_blocks;
 	s->table = (const uint64_t *)(c->arena + d->block_table_offset);
 	s->key_means = c->model->mean_floats ? (const float *)(c->arena + d->key_mean_offset) : NULL;
 	s->ring = c->staging + (uint64_t)rep->slot * c->model->slot_bytes;
@@ -581,7 +585,7 @@ static int send_token_ids(struct tqkv_seq *s, uint64_t first, const uint32_t *to
 		r = call(c, TQKV_OP_SEQ_TOKENS, req, sizeof(*req) + k * sizeof(*tokens), &rep, sizeof(rep), NULL, NULL,
 			 NULL);
 		if (r >= 0 && rep.committed_tokens > s->committed) {
-			if (rep.committed_tokens > (uint64_t)s->desc->max_blocks * s->desc->block_tokens)
+			if (rep.committed_tokens > (uint64_t)s->max_blocks * s->client->model->block_tokens)
 				r = set_error(c, -EBADMSG, "tqkvd attached more than the sequence holds");
 			else
 				s->committed = s->written = rep.committed_tokens;
@@ -761,7 +765,7 @@ static uint64_t published_blocks(const struct tqkv_seq *s)
 {
 	uint64_t n = atomic_load_explicit((_Atomic uint64_t *)&s->desc->n_blocks, memory_order_acquire);
 
-	return n < s->desc->max_blocks ? n : s->desc->max_blocks;
+	return n < s->max_blocks ? n : s->max_blocks;
 }
 
 TQKV_EXPORT uint64_t tqkv_seq_published(const struct tqkv_seq *s)

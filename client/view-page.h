@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <tqkv/client.h>
 #include <tqkv/page.h>
@@ -38,14 +39,18 @@ static inline const void *view_page_sized(const struct tqkv_layer_view *v, uint6
 					  unsigned stream, size_t size)
 {
 	const uint8_t *rec = view_record(v, block);
-	const struct tqkv_block_header *h = (const void *)rec;
+	struct tqkv_block_header h;
 	uint64_t off;
 
 	if (!rec || head >= v->n_kv_heads || stream > 1)
 		return NULL;
-	off = ((const uint64_t *)(rec + MODEL_PAGE_TABLE_OFFSET))[v->page_index + head * 2 + stream];
-	if (h->magic != TQKV_BLOCK_MAGIC || h->record_bytes > v->arena_bytes - (uint64_t)(rec - v->arena) ||
-	    off < MODEL_PAGE_TABLE_OFFSET || off > h->record_bytes || size > h->record_bytes - off)
+	/* One copy of what is checked: shared memory may change between
+	 * two reads. */
+	memcpy(&h, rec, sizeof(h));
+	memcpy(&off, rec + MODEL_PAGE_TABLE_OFFSET + ((size_t)v->page_index + head * 2 + stream) * sizeof(off),
+	       sizeof(off));
+	if (h.magic != TQKV_BLOCK_MAGIC || h.record_bytes > v->arena_bytes - (uint64_t)(rec - v->arena) ||
+	    off < MODEL_PAGE_TABLE_OFFSET || off > h.record_bytes || size > h.record_bytes - off)
 		return NULL;
 	return rec + off;
 }
