@@ -13,6 +13,9 @@ struct cache {
 	size_t n_buckets;             /* a power of two */
 	struct cblock *lru_head;      /* least recently used */
 	struct cblock *lru_tail;      /* most recently used */
+	/* The oldest of the blocks in the list that were pushed as the most
+	 * recently used, or NULL: a snapshot's blocks go back in before it. */
+	struct cblock *lru_recent;
 	struct cache_usage usage;
 };
 
@@ -152,6 +155,8 @@ static void lru_remove(struct cache *c, struct cblock *b)
 {
 	if (!b->in_lru)
 		return;
+	if (c->lru_recent == b)
+		c->lru_recent = b->lru_next;
 	if (b->lru_prev)
 		b->lru_prev->lru_next = b->lru_next;
 	else
@@ -165,22 +170,42 @@ static void lru_remove(struct cache *c, struct cblock *b)
 	count(c, b, 0, 0, -1);
 }
 
-/* Links b in as the most recently used, or as the least with oldest. */
-static void lru_push(struct cache *c, struct cblock *b, bool oldest)
-{
-	struct cblock **end = oldest ? &c->lru_head : &c->lru_tail, **other = oldest ? &c->lru_tail : &c->lru_head;
+/* Where lru_push() links a block in. */
+enum lru_place {
+	LRU_NEWEST,
+	LRU_OLDEST,
+	LRU_SAVED,   /* older than those pushed as the newest, newer than the rest */
+};
 
-	b->lru_prev = oldest ? NULL : *end;
-	b->lru_next = oldest ? *end : NULL;
-	if (*end) {
-		if (oldest)
-			(*end)->lru_prev = b;
-		else
-			(*end)->lru_next = b;
-	} else {
-		*other = b;
+static void lru_link_before(struct cache *c, struct cblock *b, struct cblock *next)
+{
+	b->lru_next = next;
+	b->lru_prev = next ? next->lru_prev : c->lru_tail;
+	if (b->lru_prev)
+		b->lru_prev->lru_next = b;
+	else
+		c->lru_head = b;
+	if (next)
+		next->lru_prev = b;
+	else
+		c->lru_tail = b;
+}
+
+static void lru_push(struct cache *c, struct cblock *b, enum lru_place place)
+{
+	switch (place) {
+	case LRU_NEWEST:
+		lru_link_before(c, b, NULL);
+		if (!c->lru_recent)
+			c->lru_recent = b;
+		break;
+	case LRU_OLDEST:
+		lru_link_before(c, b, c->lru_head);
+		break;
+	case LRU_SAVED:
+		lru_link_before(c, b, c->lru_recent);
+		break;
 	}
-	*end = b;
 	b->in_lru = true;
 	count(c, b, 0, 0, 1);
 }
@@ -200,11 +225,11 @@ static bool window_unneeded(struct cache *c, struct cblock *b)
 		return false;
 	if (!b->indexed)
 		return true;
-	lru_push(c, b, false);
+	lru_push(c, b, LRU_NEWEST);
 	return false;
 }
 
-static enum cache_release unref(struct cache *c, struct cblock *b, bool passed, bool oldest)
+static enum cache_release unref(struct cache *c, struct cblock *b, bool passed, enum lru_place place)
 {
 	if (!passed)
 		b->window_refs--;
@@ -214,18 +239,23 @@ static enum cache_release unref(struct cache *c, struct cblock *b, bool passed, 
 		return window_unneeded(c, b) ? CACHE_FREE_WINDOW : CACHE_KEEP;
 	if (!b->indexed)
 		return CACHE_FREE_BLOCK;
-	lru_push(c, b, oldest);
+	lru_push(c, b, place);
 	return CACHE_KEEP;
 }
 
 enum cache_release cache_unref(struct cache *c, struct cblock *b, bool passed)
 {
-	return unref(c, b, passed, false);
+	return unref(c, b, passed, LRU_NEWEST);
 }
 
 enum cache_release cache_unref_oldest(struct cache *c, struct cblock *b)
 {
-	return unref(c, b, false, true);
+	return unref(c, b, false, LRU_OLDEST);
+}
+
+enum cache_release cache_unref_saved(struct cache *c, struct cblock *b)
+{
+	return unref(c, b, false, LRU_SAVED);
 }
 
 bool cache_window_pass(struct cache *c, struct cblock *b)

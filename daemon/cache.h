@@ -83,6 +83,11 @@ enum cache_release cache_unref(struct cache *c, struct cblock *b, bool passed);
 /* As cache_unref(), but an unheld indexed block becomes the least
  * recently used (loading a snapshot written most recent first). */
 enum cache_release cache_unref_oldest(struct cache *c, struct cblock *b);
+/* As cache_unref(), for a snapshot letting go (in the order it listed
+ * them, reversed): an unheld indexed block goes in after the ones it let
+ * go of before, and before every block unheld since it held them all
+ * (which emptied the LRU list). */
+enum cache_release cache_unref_saved(struct cache *c, struct cblock *b);
 /* A holder has passed b's window.  Returns true when b's window pages are
  * needed by no holder and b is not indexed: the caller frees them at once
  * (cache_window_drop()); an indexed b's become evictable instead. */

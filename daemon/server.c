@@ -139,6 +139,7 @@ struct server {
 	uv_poll_t listen_poll;
 	uv_idle_t idle;  /* active while clients have a backlog */
 	uv_timer_t snapshot_timer;
+	uv_timer_t save_retry;    /* sequences wait for blocks a background snapshot holds */
 	uv_work_t snapshot_work;
 	struct save_job *saving;  /* a background snapshot in flight */
 	bool save_when_done;      /* stopping: save once it is done */
@@ -399,9 +400,18 @@ static uint64_t evict(struct server *s, struct cblock *b)
 	return bytes;
 }
 
+static size_t save_let_go_written(struct server *s);
+static void on_save_retry(uv_timer_t *t);
+
+/* How often sequences waiting for memory look again while a background
+ * snapshot lets go of what it has written. */
+#define SAVE_RETRY_MSEC 10u
+
 /* Allocates bytes in the tenant's arena, evicting unheld cached blocks
  * (least recently used first) while the memory budget is exhausted (any
- * tenant's), or the tenant's quota or its arena (the tenant's own). */
+ * tenant's), or the tenant's quota or its arena (the tenant's own).  A
+ * background snapshot holds every block it lists: when nothing else is
+ * left, it lets go of those already written. */
 static int alloc_evicting(struct server *s, struct tenant *t, uint64_t size, uint64_t *ret)
 {
 	uint64_t quota = s->cfg->tenant_quota;
@@ -419,6 +429,8 @@ static int alloc_evicting(struct server *s, struct tenant *t, uint64_t size, uin
 			return 0;
 		}
 		b = cache_evict(s->cache, over_budget && !over_quota ? NULL : &t->usage);
+		if (!b && save_let_go_written(s))
+			continue;
 		if (!b)
 			return -ENOMEM;
 		evict(s, b);
@@ -717,6 +729,9 @@ static void schedule(struct sequence *q)
 		if (ratelimit_below(&s->rl))
 			log_warning("client %u: memory budget exhausted, block %llu of sequence %u waits", c->id,
 				    (unsigned long long)q->n_blocks, q->id);
+		/* Nothing tells the loop when the snapshot writes more. */
+		if (s->saving && !uv_is_active((uv_handle_t *)&s->save_retry))
+			uv_timer_start(&s->save_retry, on_save_retry, SAVE_RETRY_MSEC, 0);
 		return;
 	}
 	q->job_block = cache_block_new(s->cache, &c->tenant->usage, off, m->block_bytes,
@@ -1386,6 +1401,7 @@ static int do_flush(struct client *c, const struct tqkv_msg_header *h)
 	struct tqkv_flush_reply rep = { 0 };
 	struct cblock *b;
 
+	save_let_go_written(s);
 	while ((b = cache_evict(s->cache, all ? NULL : &c->tenant->usage))) {
 		rep.blocks += !b->refs;
 		rep.bytes += evict(s, b);
@@ -1844,13 +1860,17 @@ static void on_listen_event(uv_poll_t *p, int status, int events)
 
 /* ---- persistence ---------------------------------------------------- */
 
-/* What a snapshot writes; the blocks stay referenced (pinned) until it is
- * written, so a background write reads only immutable bytes. */
+/* What a snapshot writes.  The blocks stay referenced (pinned) until
+ * their records are written, so a background write reads only immutable
+ * bytes; the writer sets written[i] then, and the loop lets go of them
+ * when it needs room (save_let_go_written()). */
 struct save_job {
 	struct server *server;
 	struct snapshot_block *blocks;
-	struct cblock **held;
+	struct cblock **held;      /* NULL once let go of */
+	atomic_bool *written;      /* set by the writer */
 	size_t n, cap;
+	size_t top;                /* held[i] is NULL for every i >= top */
 	bool failed;
 	int result;
 	struct snapshot_result res;
@@ -1899,29 +1919,64 @@ static struct save_job *save_job_new(struct server *s)
 		return NULL;
 	j->server = s;
 	cache_for_each_indexed(s->cache, save_one, j);
-	if (j->failed) {
+	j->written = j->failed ? NULL : calloc(j->n ? j->n : 1, sizeof(*j->written));
+	if (!j->written) {
 		free(j->blocks);
 		free(j->held);
 		free(j);
 		return NULL;
 	}
-	for (size_t i = 0; i < j->n; i++)
+	for (size_t i = 0; i < j->n; i++) {
+		atomic_init(&j->written[i], false);
+		j->blocks[i].written = &j->written[i];
 		cache_ref(s->cache, j->held[i]);
+	}
+	j->top = j->n;
 	return j;
 }
 
-/* Lets go of the blocks; the unheld ones go back to the LRU list in the
- * order they were listed (most recent first) as the oldest, which keeps
- * their order. */
-static void save_job_free(struct save_job *j)
+/* Lets go of block i: unheld, it goes back to the LRU list after the ones
+ * let go of before (listed after it: older) and before every block unheld
+ * since the save began (newer). */
+static void save_let_go(struct save_job *j, size_t i)
 {
 	struct server *s = j->server;
+	struct cblock *b = j->held[i];
 
-	for (size_t i = 0; i < j->n; i++)
-		if (cache_unref_oldest(s->cache, j->held[i]) == CACHE_FREE_BLOCK)
-			free_block(s, j->held[i]);  /* only indexed blocks are held: never a window alone */
+	j->held[i] = NULL;
+	if (cache_unref_saved(s->cache, b) == CACHE_FREE_BLOCK)
+		free_block(s, b);  /* only indexed blocks are held: never a window alone */
+}
+
+/* Lets go of the blocks the background snapshot has written, least
+ * recently used first; returns how many. */
+static size_t save_let_go_written(struct server *s)
+{
+	struct save_job *j = s->saving;
+	size_t n = 0;
+
+	if (!j)
+		return 0;
+	for (size_t i = j->top; i-- > 0;)
+		if (j->held[i] && atomic_load_explicit(&j->written[i], memory_order_acquire)) {
+			save_let_go(j, i);
+			n++;
+		}
+	while (j->top && !j->held[j->top - 1])
+		j->top--;
+	return n;
+}
+
+/* Lets go of the blocks still held, in the order of the list (most recent
+ * first) reversed, which keeps it. */
+static void save_job_free(struct save_job *j)
+{
+	for (size_t i = j->top; i-- > 0;)
+		if (j->held[i])
+			save_let_go(j, i);
 	free(j->blocks);
 	free(j->held);
+	free(j->written);
 	free(j);
 }
 
@@ -1982,12 +2037,29 @@ static void on_snapshot_done(uv_work_t *w, int status)
 	else if (status == 0)
 		log_debug("Saved %llu cached blocks in the background in %.3f s", (unsigned long long)j->res.blocks,
 			  j->res.seconds);
-	save_job_free(j);
 	s->saving = NULL;
+	save_job_free(j);
+	/* Sequences may have waited for blocks it held. */
+	retry_stalled(s);
 	if (s->save_when_done) {
 		s->save_when_done = false;
 		server_save(s);
 	}
+}
+
+/* Sequences waited for memory during a background snapshot: once it has
+ * written more blocks, lets go of them and tries again; until it is done
+ * (on_snapshot_done() tries again too). */
+static void on_save_retry(uv_timer_t *t)
+{
+	struct server *s = t->data;
+
+	if (!s->saving)
+		return;
+	if (save_let_go_written(s))
+		retry_stalled(s);
+	else
+		uv_timer_start(t, on_save_retry, SAVE_RETRY_MSEC, 0);
 }
 
 static void on_snapshot_timer(uv_timer_t *t)
@@ -2285,6 +2357,8 @@ int server_new(uv_loop_t *loop, const struct tqkvd_config *cfg, int listen_fd, s
 	s->idle.data = s;
 	uv_timer_init(loop, &s->snapshot_timer);
 	s->snapshot_timer.data = s;
+	uv_timer_init(loop, &s->save_retry);
+	s->save_retry.data = s;
 	if (cfg->state_dir && cfg->snapshot_interval)
 		uv_timer_start(&s->snapshot_timer, on_snapshot_timer, (uint64_t)cfg->snapshot_interval * 1000u,
 			       (uint64_t)cfg->snapshot_interval * 1000u);
@@ -2315,6 +2389,8 @@ void server_stop(struct server *s)
 		}
 	uv_timer_stop(&s->snapshot_timer);
 	uv_close((uv_handle_t *)&s->snapshot_timer, NULL);
+	uv_timer_stop(&s->save_retry);
+	uv_close((uv_handle_t *)&s->save_retry, NULL);
 }
 
 void server_free(struct server *s)

@@ -97,50 +97,85 @@ static int reap(struct io_uring *ring, uint64_t *ret_expected)
 	return r;
 }
 
-/* Queues a write of iov at offset, reaping a completion first when
- * QUEUE_DEPTH requests are in flight (queued or submitted, not reaped). */
-static int queue_write(struct io_uring *ring, int fd, const struct iovec *iov, unsigned n_iov, uint64_t offset,
-		       uint64_t len, unsigned *in_flight)
+/* The writes of one snapshot: user_data is a record's index, or n for the
+ * file header.  Completions come in any order. */
+struct writer {
+	struct io_uring ring;
+	const struct snapshot_block *blocks;
+	const struct snap_record *recs;
+	size_t n;
+	unsigned in_flight;        /* queued or submitted, not reaped */
+	int error;                 /* the first failure */
+};
+
+static uint64_t write_len(const struct writer *wr, uint64_t id)
+{
+	if (id >= wr->n)
+		return sizeof(struct snap_header);
+	return sizeof(struct snap_record) + wr->recs[id].record_bytes + wr->recs[id].means_bytes;
+}
+
+/* A record written in full: its block's bytes are read no more. */
+static void take_cqe(struct writer *wr, struct io_uring_cqe *cqe)
+{
+	uint64_t id = io_uring_cqe_get_data64(cqe);
+	int r = cqe->res;
+
+	io_uring_cqe_seen(&wr->ring, cqe);
+	wr->in_flight--;
+	if (r >= 0 && (uint64_t)r != write_len(wr, id))
+		r = -EIO;  /* a short write: the disk is full */
+	if (r < 0 && !wr->error)
+		wr->error = r;
+	if (r >= 0 && id < wr->n && wr->blocks[id].written)
+		atomic_store_explicit(wr->blocks[id].written, true, memory_order_release);
+}
+
+/* Waits for one completion, then takes every one that is there. */
+static void reap_writes(struct writer *wr)
+{
+	struct io_uring_cqe *cqe;
+	int r = io_uring_wait_cqe(&wr->ring, &cqe);
+
+	if (r < 0) {
+		/* Counted as done, so that a broken ring cannot loop forever. */
+		wr->in_flight--;
+		if (!wr->error)
+			wr->error = r;
+		return;
+	}
+	take_cqe(wr, cqe);
+	while (wr->in_flight && io_uring_peek_cqe(&wr->ring, &cqe) == 0)
+		take_cqe(wr, cqe);
+}
+
+/* Queues a write of iov at offset, reaping completions first when
+ * QUEUE_DEPTH requests are in flight. */
+static int queue_write(struct writer *wr, int fd, const struct iovec *iov, unsigned n_iov, uint64_t offset, uint64_t id)
 {
 	struct io_uring_sqe *sqe;
 
-	if (*in_flight >= QUEUE_DEPTH) {
-		uint64_t want;
-		int r;
-
-		io_uring_submit(ring);
-		r = reap(ring, &want);
-		(*in_flight)--;
-		if (r < 0)
-			return r;
-		if ((uint64_t)r != want)
-			return -EIO;  /* a short write: the disk is full */
+	if (wr->in_flight >= QUEUE_DEPTH) {
+		io_uring_submit(&wr->ring);
+		reap_writes(wr);
+		if (wr->error)
+			return wr->error;
 	}
-	sqe = io_uring_get_sqe(ring);
+	sqe = io_uring_get_sqe(&wr->ring);
 	if (!sqe)
 		return -EBUSY;
 	io_uring_prep_writev(sqe, fd, iov, n_iov, offset);
-	io_uring_sqe_set_data64(sqe, len);
-	(*in_flight)++;
+	io_uring_sqe_set_data64(sqe, id);
+	wr->in_flight++;
 	return 0;
 }
 
-static int drain(struct io_uring *ring, unsigned *in_flight)
+static int drain(struct writer *wr)
 {
-	int first_error = 0;
-
-	io_uring_submit(ring);
-	while (*in_flight) {
-		uint64_t want;
-		int r = reap(ring, &want);
-
-		(*in_flight)--;
-		if (!first_error && r < 0)
-			first_error = r;
-		else if (!first_error && (uint64_t)r != want)
-			first_error = -EIO;
-	}
-	return first_error;
+	io_uring_submit(&wr->ring);
+	while (wr->in_flight)
+		reap_writes(wr);
+	return wr->error;
 }
 
 /* The writer's and the reader's limits: the writer never writes a record
@@ -169,6 +204,11 @@ static void record_header(const struct snapshot_block *b, struct snap_record *h)
 	h->crc = crc32c(0, h, offsetof(struct snap_record, crc));
 }
 
+static uint64_t block_len(const struct snapshot_block *b)
+{
+	return sizeof(struct snap_record) + b->record_bytes + (b->means ? b->means_bytes : 0);
+}
+
 int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot_block *blocks, size_t n,
 		   struct snapshot_result *res, char *err, size_t errlen)
 {
@@ -176,26 +216,28 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 	struct snap_header hdr = { .magic = SNAPSHOT_MAGIC };
 	struct snap_record *recs = calloc(n ? n : 1, sizeof(*recs));
 	struct iovec *iov = calloc(3 * n + 1, sizeof(*iov));
-	struct io_uring ring;
+	uint64_t *offsets = calloc(n ? n : 1, sizeof(*offsets));  /* 0: skipped */
+	struct writer wr = { .blocks = blocks, .recs = recs, .n = n };
 	struct timespec ts;
-	uint64_t offset = sizeof(hdr), bytes = 0, skipped = 0;
-	size_t w = 0;  /* records queued */
-	unsigned in_flight = 0;
+	uint64_t offset = sizeof(hdr), bytes = 0, skipped = 0, want;
+	size_t w = 0;  /* records written */
 	double t0 = now_sec();
-	int fd = -1, dfd, r;
+	int fd = -1, dfd, r = 0;
 
 	*res = (struct snapshot_result){ 0 };
-	if (!recs || !iov) {
+	if (!recs || !iov || !offsets) {
 		free(recs);
 		free(iov);
+		free(offsets);
 		return fail(err, errlen, -ENOMEM, "out of memory");
 	}
 	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_FILE);
 	snprintf(tmp, sizeof(tmp), "%s/%s.tmp", dir, SNAPSHOT_FILE);
-	r = io_uring_queue_init(QUEUE_DEPTH, &ring, 0);
+	r = io_uring_queue_init(QUEUE_DEPTH, &wr.ring, 0);
 	if (r < 0) {
 		free(recs);
 		free(iov);
+		free(offsets);
 		return fail(err, errlen, r, "io_uring_queue_init: %s", strerror(-r));
 	}
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -203,28 +245,37 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 		r = fail(err, errlen, -errno, "cannot create %s: %s", tmp, strerror(errno));
 		goto out;
 	}
+	/* Where each record goes, in the order given. */
 	for (size_t i = 0; i < n; i++) {
 		const struct snapshot_block *b = &blocks[i];
-		uint64_t len;
-		unsigned k = 0;
 
 		/* The reader would stop there and lose the records after it. */
 		if (!record_in_range(b->record_bytes, b->means ? b->means_bytes : 0)) {
 			skipped++;
+			if (b->written)
+				atomic_store_explicit(b->written, true, memory_order_release);
 			continue;
 		}
-		record_header(b, &recs[w]);
-		iov[3 * w + k++] = (struct iovec){ &recs[w], sizeof(recs[w]) };
-		iov[3 * w + k++] = (struct iovec){ (void *)b->record, b->record_bytes };
-		if (recs[w].means_bytes)
-			iov[3 * w + k++] = (struct iovec){ (void *)b->means, recs[w].means_bytes };
-		len = sizeof(recs[w]) + b->record_bytes + recs[w].means_bytes;
-		r = queue_write(&ring, fd, &iov[3 * w], k, offset, len, &in_flight);
+		offsets[i] = offset;
+		offset += block_len(b);
+		bytes += b->record_bytes;
+		w++;
+	}
+	/* Written from the last: the least recently used are let go first. */
+	for (size_t i = n; i-- > 0;) {
+		const struct snapshot_block *b = &blocks[i];
+		unsigned k = 0;
+
+		if (!offsets[i])
+			continue;
+		record_header(b, &recs[i]);
+		iov[3 * i + k++] = (struct iovec){ &recs[i], sizeof(recs[i]) };
+		iov[3 * i + k++] = (struct iovec){ (void *)b->record, b->record_bytes };
+		if (recs[i].means_bytes)
+			iov[3 * i + k++] = (struct iovec){ (void *)b->means, recs[i].means_bytes };
+		r = queue_write(&wr, fd, &iov[3 * i], k, offsets[i], i);
 		if (r < 0)
 			break;
-		w++;
-		offset += len;
-		bytes += b->record_bytes;
 	}
 	if (r >= 0) {
 		clock_gettime(CLOCK_REALTIME, &ts);
@@ -237,22 +288,21 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 		hdr.data_bytes = offset - sizeof(hdr);
 		hdr.crc = crc32c(0, &hdr, offsetof(struct snap_header, crc));
 		iov[3 * n] = (struct iovec){ &hdr, sizeof(hdr) };
-		r = queue_write(&ring, fd, &iov[3 * n], 1, 0, sizeof(hdr), &in_flight);
+		r = queue_write(&wr, fd, &iov[3 * n], 1, 0, n);
 	}
 	{
-		int d = drain(&ring, &in_flight);
+		int d = drain(&wr);
 
 		if (r >= 0)
 			r = d;
 	}
 	if (r >= 0) {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-		uint64_t want;
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&wr.ring);
 
 		io_uring_prep_fsync(sqe, fd, 0);
 		io_uring_sqe_set_data64(sqe, 0);
-		io_uring_submit(&ring);
-		r = reap(&ring, &want);
+		io_uring_submit(&wr.ring);
+		r = reap(&wr.ring, &want);
 	}
 	if (r < 0) {
 		fail(err, errlen, r, "cannot write %s: %s", tmp, strerror(-r));
@@ -288,9 +338,10 @@ int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot
 out:
 	if (fd >= 0)
 		close(fd);
-	io_uring_queue_exit(&ring);
+	io_uring_queue_exit(&wr.ring);
 	free(recs);
 	free(iov);
+	free(offsets);
 	return r;
 }
 

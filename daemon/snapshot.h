@@ -13,6 +13,7 @@
 #ifndef TQKVD_SNAPSHOT_H
 #define TQKVD_SNAPSHOT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,8 @@ struct snapshot_block {
 	uint64_t fp16_bytes;       /* for the stats */
 	const float *means;        /* key means (the first block of a centered chain), or NULL */
 	uint32_t means_bytes;
+	atomic_bool *written;      /* writing: if not NULL, set (release) once the writer no longer
+	                            * reads record and means: written, or skipped */
 };
 
 struct snapshot_result {
@@ -50,11 +53,13 @@ struct snapshot_result {
 	                            * writing: what was skipped ("" if nothing) */
 };
 
-/* Writes n blocks to dir/SNAPSHOT_FILE.  Returns 0 or a negative errno
- * with a message in err; also when the file is in place but the directory
- * could not be synced (the rename may be lost on a power failure).  A
- * block over the SNAPSHOT_*_MAX limits is skipped, counted and named in
- * res->problem. */
+/* Writes n blocks to dir/SNAPSHOT_FILE, in that order (the most recently
+ * used first), but issues the writes from the last block to the first, so
+ * that the least recently used, which eviction wants first, are let go of
+ * first (blocks[i].written).  Returns 0 or a negative errno with a message
+ * in err; also when the file is in place but the directory could not be
+ * synced (the rename may be lost on a power failure).  A block over the
+ * SNAPSHOT_*_MAX limits is skipped, counted and named in res->problem. */
 int snapshot_write(const char *dir, uint32_t block_tokens, const struct snapshot_block *blocks, size_t n,
 		   struct snapshot_result *res, char *err, size_t errlen);
 
