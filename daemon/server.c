@@ -143,6 +143,7 @@ struct server {
 	uv_work_t snapshot_work;
 	struct save_job *saving;  /* a background snapshot in flight */
 	bool save_when_done;      /* stopping: save once it is done */
+	uint64_t ids_bytes;       /* heap of all sequences' token ids (add_ids()) */
 	bool fdstore;             /* park tenant memfds in systemd's fd store */
 	struct worker_pool *pool;
 	struct cache *cache;
@@ -550,9 +551,12 @@ static void hash_blocks(struct server *s, struct sequence *q)
 	}
 }
 
-/* Appends token ids; ones already known must match. */
+/* Appends token ids; ones already known must match.  -ENOSPC when the
+ * ids of all sequences would take more heap than memory_budget: they are
+ * not in the arena, but must not grow without bound either. */
 static int add_ids(struct sequence *q, uint64_t first, const uint32_t *ids, uint64_t n)
 {
+	struct server *s = q->client->server;
 	uint64_t end = first + n;
 
 	if (first > q->n_ids)
@@ -568,15 +572,24 @@ static int add_ids(struct sequence *q, uint64_t first, const uint32_t *ids, uint
 
 		while (cap < end)
 			cap *= 2;
+		if (s->ids_bytes + (cap - q->ids_cap) * sizeof(*p) > s->cfg->memory_budget)
+			return -ENOSPC;
 		p = realloc(q->ids, cap * sizeof(*p));
 		if (!p)
 			return -ENOMEM;
+		s->ids_bytes += (cap - q->ids_cap) * sizeof(*p);
 		q->ids = p;
 		q->ids_cap = cap;
 	}
 	memcpy(q->ids + q->n_ids, ids + (q->n_ids - first), (end - q->n_ids) * sizeof(*ids));
 	q->n_ids = end;
 	return 0;
+}
+
+/* The message of a failed add_ids() that is not a mismatch. */
+static const char *ids_error(int r)
+{
+	return r == -ENOSPC ? "the token ids of all sequences would take more than memory_budget" : "out of memory";
 }
 
 static void client_unref(struct client *c);
@@ -618,6 +631,7 @@ static void seq_finalize(struct sequence *q)
 	}
 	free(q->blocks);
 	free(q->ids);
+	s->ids_bytes -= q->ids_cap * sizeof(*q->ids);
 	free(q);
 	retry_stalled(s);
 }
@@ -1170,7 +1184,7 @@ static int do_seq_open(struct client *c, const struct tqkv_msg_header *h, struct
 		free(ids);
 		if (r < 0) {
 			seq_close(q);
-			return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+			return reply_error(c, h->opcode, h->serial, -r, "%s", ids_error(r));
 		}
 		q->attaching = !q->private;
 		if (q->attaching) {
@@ -1288,7 +1302,7 @@ static int do_seq_token_ids(struct client *c, const struct tqkv_msg_header *h, s
 				   "token ids from %u do not follow the %llu known ones, or differ from them", req.first,
 				   (unsigned long long)q->n_ids);
 	if (r < 0)
-		return reply_error(c, h->opcode, h->serial, -r, "out of memory");
+		return reply_error(c, h->opcode, h->serial, -r, "%s", ids_error(r));
 	hash_blocks(c->server, q);
 	rep = (struct tqkv_seq_tokens_reply){ q->committed, published_tokens(q) };
 	return reply(c, h->opcode, h->serial, &rep, sizeof(rep));
@@ -1311,7 +1325,7 @@ static int do_seq_fork(struct client *c, const struct tqkv_msg_header *h, struct
 	r = q->blocks ? add_ids(q, 0, src->ids, src->n_ids) : -ENOMEM;
 	if (r < 0) {
 		seq_close(q);
-		return reply_error(c, h->opcode, h->serial, ENOMEM, "out of memory");
+		return reply_error(c, h->opcode, h->serial, -r, "%s", ids_error(r));
 	}
 	q->blocks_cap = src->n_blocks ? src->n_blocks : 1;
 	seq_adopt(q, src->blocks, src->n_blocks, q->means_bytes ? arena_ptr(c->tenant->arena, src->means_offset) : NULL);

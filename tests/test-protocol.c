@@ -338,3 +338,36 @@ Test(protocol, trim_answers_pending_wait, .timeout = 60)
 	close(sock);
 	daemon_stop(&d);
 }
+
+/* Token ids live on the daemon's heap, not in the arena: all sequences'
+ * together are bounded by memory_budget (1 MiB here: 262144 ids), and a
+ * request past it is refused with ENOSPC, the daemon serving on. */
+Test(protocol, token_ids_are_bounded, .timeout = 60)
+{
+	const char *extra[] = { "--memory-budget", "1M", NULL };
+	static const struct tqkv_layer_desc layer = { .n_kv_heads = 1, .head_dim = 64, .kv_source = -1,
+						      .k_kind = TQKV_KIND_FP16, .v_kind = TQKV_KIND_FP16 };
+	const struct tqkv_model m = { .fingerprint = 0x1d5, .n_layers = 1, .layers = &layer, .staging_tokens = 128,
+				      .max_sequences = 2 };
+	static uint32_t ids[300000];
+	struct test_daemon d;
+	struct tqkv_client *c;
+	struct tqkv_seq *s, *small;
+
+	for (uint32_t i = 0; i < 300000; i++)
+		ids[i] = i % 50000;
+	daemon_start(&d, extra);
+	cr_assert_eq(tqkv_client_connect(d.socket, &c), 0);
+	cr_assert_eq(tqkv_client_register_model(c, &m), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_open(c, &s), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_set_tokens(s, 0, ids, 200000), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_set_tokens(s, 200000, ids + 200000, 100000), -ENOSPC);
+	cr_assert_not_null(strstr(tqkv_client_error(c), "memory_budget"), "%s", tqkv_client_error(c));
+	/* Closing gives the room back. */
+	cr_assert_eq(tqkv_seq_close(s), 0);
+	cr_assert_eq(tqkv_seq_open(c, &small), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_set_tokens(small, 0, ids, 250000), 0, "%s", tqkv_client_error(c));
+	cr_assert_eq(tqkv_seq_close(small), 0);
+	tqkv_client_free(c);
+	daemon_stop(&d);
+}
