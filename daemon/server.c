@@ -2160,8 +2160,10 @@ static int restore_block(struct server *s, struct tenant *t, XXH128_hash_t hash,
 	if (!t->arena && tenant_create_arena(s, t) < 0)
 		return -ENOMEM;
 	/* Those restored first are the most recently used: never evict them
-	 * for the ones after. */
-	if (s->arena_used + bytes > s->cfg->memory_budget || alloc_evicting(s, t, bytes, &off) < 0)
+	 * for the ones after, past the budget or past the tenant's quota. */
+	if (s->arena_used + bytes > s->cfg->memory_budget ||
+	    (s->cfg->tenant_quota && t->arena_used + bytes > s->cfg->tenant_quota) ||
+	    alloc_evicting(s, t, bytes, &off) < 0)
 		return -ENOMEM;
 	blk = cache_block_new(s->cache, &t->usage, off, bytes, fp16_bytes, 0);
 	if (blk && means_bytes) {

@@ -414,6 +414,31 @@ Test(prefix, restart_keeps_the_cache, .timeout = 60)
 	daemon_stop(&d);
 }
 
+/* A restart under a tenant_quota that holds half the snapshot: the
+ * records that come first (the most recently used) are loaded, the rest
+ * refused; none loaded is evicted for a later one. */
+Test(prefix, load_under_quota_keeps_the_first_records, .timeout = 60)
+{
+	float out[N_LAYERS][HEADS * HEAD_DIM];
+	struct test_daemon d;
+	char snap[128], quota[64];
+	const char *extra[] = { "--set", quota, NULL };
+	struct stat st;
+	long long loaded;
+
+	daemon_start(&d, NULL);
+	publish_and_stop(&d, out);
+	snapshot_path(&d, snap, sizeof(snap));
+	cr_assert_eq(stat(snap, &st), 0);
+	snprintf(quota, sizeof(quota), "tenant_quota=%lldK", (long long)st.st_size / 2 / 1024);
+	daemon_restart(&d, extra);
+	loaded = daemon_stat(&d, "snapshot_loaded_blocks");
+	cr_assert(loaded > 0 && loaded < 10, "%lld of 10 blocks loaded under %s", loaded, quota);
+	cr_assert_eq(daemon_stat(&d, "evicted_blocks"), 0);
+	cr_assert_eq(daemon_stat(&d, "blocks_cached"), loaded);
+	daemon_stop(&d);
+}
+
 /* A snapshot damaged in its fourth record, truncated, or with a damaged
  * header: the daemon starts, keeps the intact records before the damage
  * (the chain's first blocks come first), and serves nothing wrong. */
